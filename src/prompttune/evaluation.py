@@ -1,0 +1,79 @@
+"""Scoring examples with a backbone and a prompt: the loss used in training and the metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .models import CausalLMBackbone, LabelWords
+from .tasks import Example, Task, accuracy, macro_f1
+
+
+@dataclass
+class EncodedExamples:
+    """Examples turned into token ids and gold class indices once, reused every step."""
+
+    token_ids: list[list[int]]
+    golds: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    def subset(self, indices: Sequence[int]) -> tuple[list[list[int]], torch.Tensor]:
+        return [self.token_ids[i] for i in indices], self.golds[list(indices)]
+
+
+def encode(backbone: CausalLMBackbone, task: Task, examples: Sequence[Example]) -> EncodedExamples:
+    ids = backbone.tokenize([task.render(ex) for ex in examples])
+    return EncodedExamples(ids, torch.tensor([task.label_index(ex) for ex in examples], dtype=torch.long))
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    macro_f1: float
+    loss: float
+    n: int
+    seconds: float
+    predictions: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("inf")
+
+    def as_dict(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss, "n": self.n,
+                "examples_per_s": self.examples_per_s}
+
+
+def classification_loss(
+    backbone: CausalLMBackbone, labels: LabelWords, token_ids, golds: torch.Tensor, prompt: torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy over the label words' scores (the LM-BFF objective)."""
+    scores = backbone.score(token_ids, labels, prompt)
+    return F.cross_entropy(scores, golds.to(scores.device))
+
+
+@torch.inference_mode()
+def evaluate_encoded(
+    backbone: CausalLMBackbone, labels: LabelWords, data: EncodedExamples, prompt: torch.Tensor | None,
+    batch_size: int = 32,
+) -> EvalResult:
+    start = time.perf_counter()
+    preds: list[int] = []
+    total_loss = 0.0
+    for i in range(0, len(data), batch_size):
+        ids, golds = data.subset(range(i, min(i + batch_size, len(data))))
+        scores = backbone.score(ids, labels, prompt, max_row_tokens=512).float().cpu()
+        total_loss += float(F.cross_entropy(scores, golds, reduction="sum"))
+        preds.extend(scores.argmax(1).tolist())
+    seconds = time.perf_counter() - start
+    golds = data.golds.tolist()
+    return EvalResult(
+        accuracy=accuracy(preds, golds), macro_f1=macro_f1(preds, golds, labels.num_classes),
+        loss=total_loss / max(len(data), 1), n=len(data), seconds=seconds, predictions=preds,
+    )

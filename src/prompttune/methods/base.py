@@ -1,0 +1,96 @@
+"""The method protocol and registry: a method trains (or finds) a prompt for a task on a backbone.
+
+A new method is one file in this folder with a `@register`-ed subclass of `Method`, and one
+import line in `methods/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import ConfigError
+from ..models import CausalLMBackbone, LabelWords
+from ..tasks import FewShot, Task
+
+
+class MethodConfig(BaseModel):
+    """Hyper-parameters of a method; unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class RunContext:
+    backbone: CausalLMBackbone
+    task: Task
+    data: FewShot
+    labels: LabelWords
+    seed: int
+    out_dir: Path
+    resume: bool = False
+    progress: bool = True
+    run_fingerprint: str = ""
+    callbacks: list[Callable[[int, float], None]] = field(default_factory=list)
+
+
+@dataclass
+class MethodResult:
+    """What a method learned. `prompt_kind` says how `tensors` are applied at inference:
+    "none" (the template alone) or "soft" (tensor "prompt", (n_tokens, hidden) input embeddings)."""
+
+    prompt_kind: str
+    tensors: dict[str, torch.Tensor]
+    trainable_parameters: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Method:
+        try:
+            return cls(cls.Config.model_validate(params))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "?"
+            known = ", ".join(cls.Config.model_fields)
+            msg = "unknown hyper-parameter" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ConfigError(f"method '{cls.name}': {key}: {msg} (its hyper-parameters: {known or 'none'})") from None
+
+    @abstractmethod
+    def fit(self, ctx: RunContext) -> MethodResult:
+        """Learn a prompt on `ctx.data.train`, selecting on `ctx.data.dev`."""
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    if cls.name in _REGISTRY:
+        raise RuntimeError(f"method name '{cls.name}' registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"--method '{name}' is not a method (available: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name]
+
+
+def available_methods() -> dict[str, type[Method]]:
+    return dict(sorted(_REGISTRY.items()))

@@ -1,0 +1,14 @@
+"""The floor every result is reported beside: template + verbalizer, nothing learned."""
+
+from __future__ import annotations
+
+from .base import Method, MethodResult, RunContext, register
+
+
+@register
+class ZeroShot(Method):
+    name = "zero-shot"
+    description = "Template and verbalizer only, nothing learned: the baseline every method must beat."
+
+    def fit(self, ctx: RunContext) -> MethodResult:
+        return MethodResult(prompt_kind="none", tensors={}, trainable_parameters=0)

@@ -1,0 +1,354 @@
+"""A frozen causal LM that scores label words and places soft prompts.
+
+Two ways to run a batch, both exact:
+
+* `score` (the fast path, used for training and evaluation). The prompt comes first in every
+  sequence, so its keys/values are the same for all examples: we compute them once (batch 1) and
+  let every example attend to them. The examples themselves are packed back to back into a few
+  rows with a block-diagonal causal mask, so no compute goes to padding. Multi-token label words
+  are extra "branch" segments that attend to their example's tokens, so each example is encoded
+  once whatever the number of words. Only the answer positions are multiplied with the output
+  embedding, and only with the label rows unless a multi-token word needs the full softmax there.
+* `padded_inputs` / `generate` (the general path): a left- or right-padded batch through
+  `inputs_embeds`, the prompt placed right after the pads with matching attention mask and
+  position ids. This is what `generate` (with its KV cache) runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ModelError
+from .loading import resolve_device, resolve_dtype, resolve_model_source, weight_fingerprint
+
+
+@dataclass(frozen=True)
+class LabelWords:
+    """Token ids of every verbalizer word, grouped by class (class -> words -> token ids)."""
+
+    words: tuple[tuple[tuple[int, ...], ...], ...]
+
+    @property
+    def needs_full_softmax(self) -> bool:
+        """Multi-token words need real log-probabilities, so that words of different length compare."""
+        return any(len(w) > 1 for cls in self.words for w in cls)
+
+    @property
+    def flat(self) -> list[tuple[int, ...]]:
+        return [w for cls in self.words for w in cls]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.words)
+
+
+class CausalLMBackbone:
+    """A frozen `AutoModelForCausalLM` with its tokenizer.
+
+    The protocol every method relies on: `tokenize`, `embed`, `score` (class scores for a batch,
+    optionally behind a soft prompt) and `generate`.
+    """
+
+    def __init__(self, model, tokenizer, model_id: str, device: torch.device, dtype: torch.dtype):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self.decoder = model.base_model
+        self.fingerprint = weight_fingerprint(model)
+        self.max_input_tokens = 512
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        self._softcap = float(softcap) if softcap else None
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().weight.shape[0]
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids with the model's special tokens; over-long inputs keep their end (the answer cue)."""
+        ids = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        limit = self.max_input_tokens
+        return [x if len(x) <= limit else x[:1] + x[len(x) - limit + 1 :] for x in ids]
+
+    def label_words(self, words_per_class: Sequence[Sequence[str]], names: Sequence[str] | None = None) -> LabelWords:
+        out = []
+        for c, words in enumerate(words_per_class):
+            toks = []
+            for w in words:
+                ids = tuple(self.tokenizer(w, add_special_tokens=False)["input_ids"])
+                if not ids:
+                    label = names[c] if names else str(c)
+                    raise ModelError(f"verbalizer word {w!r} for label '{label}' tokenizes to nothing")
+                toks.append(ids)
+            out.append(tuple(toks))
+        return LabelWords(tuple(out))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings as the model computes them (Gemma scales them, for instance)."""
+        return self.model.get_input_embeddings()(ids.to(self.device))
+
+    def _logits(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Output logits for `hidden`, restricted to vocabulary `rows` when given."""
+        head = self.model.get_output_embeddings()
+        weight = head.weight if rows is None else head.weight[rows]
+        logits = hidden.to(weight.dtype) @ weight.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + (head.bias if rows is None else head.bias[rows])
+        logits = logits.float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def _prefix_cache(self, prompt: torch.Tensor, rows: int):
+        out = self.decoder(inputs_embeds=prompt.to(self.device, self.dtype)[None], use_cache=True)
+        cache = out.past_key_values
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return cache
+
+    # ------------------------------------------------------------------ fast scoring
+    def score(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        labels: LabelWords,
+        prompt: torch.Tensor | None = None,
+        max_row_tokens: int = 1024,
+    ) -> torch.Tensor:
+        """Class scores (batch, classes), float32, differentiable w.r.t. `prompt`.
+
+        With single-token words a score is the word's logit (log-softmax over the classes gives the
+        label-restricted distribution); with any multi-token word it is the word's log-probability.
+        A class with several words gets the log-sum-exp of its words' scores.
+        """
+        if len(token_ids) == 0:
+            return torch.zeros(0, labels.num_classes)
+        layout = _PackedLayout.build(token_ids, labels, max_row_tokens)
+        n_prompt = 0 if prompt is None else prompt.shape[0]
+        embeds = self.embed(layout.ids)
+        mask = layout.attention_mask(n_prompt, self.dtype).to(self.device)
+        positions = (layout.positions + n_prompt).to(self.device)
+        cache = self._prefix_cache(prompt, layout.ids.shape[0]) if prompt is not None else None
+        hidden = self.decoder(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+            past_key_values=cache, use_cache=False,
+        ).last_hidden_state
+        answer_hidden = hidden[layout.answer_row, layout.answer_col]  # (B, d)
+        flat = labels.flat
+        if not labels.needs_full_softmax:
+            word_scores = self._logits(answer_hidden, torch.tensor([w[0] for w in flat], device=self.device))
+        else:
+            word_scores = self._word_logprobs(hidden, answer_hidden, layout, flat)
+        return _class_scores(word_scores, labels)
+
+    def _word_logprobs(self, hidden, answer_hidden, layout: _PackedLayout, flat) -> torch.Tensor:
+        answer_lp = torch.log_softmax(self._logits(answer_hidden), dim=-1)  # (B, V)
+        batch = answer_hidden.shape[0]
+        cols = []
+        for w_idx, word in enumerate(flat):
+            score = answer_lp[:, word[0]]
+            if len(word) > 1:
+                rows, starts = layout.branch_row[w_idx], layout.branch_col[w_idx]  # (B,), (B,)
+                offsets = torch.arange(len(word) - 1)
+                h = hidden[rows[:, None], starts[:, None] + offsets[None, :]]  # (B, m-1, d)
+                lp = torch.log_softmax(self._logits(h), dim=-1)
+                nxt = torch.tensor(word[1:], device=lp.device)
+                score = score + lp.gather(-1, nxt.expand(batch, -1)[..., None]).squeeze(-1).sum(-1)
+            cols.append(score)
+        return torch.stack(cols, dim=1)
+
+    # ------------------------------------------------------------------ padded path
+    def padded_inputs(
+        self, token_ids: Sequence[Sequence[int]], prompt: torch.Tensor | None = None, padding_side: str = "left"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs_embeds, attention_mask, position_ids, answer_index) for a padded batch.
+
+        The prompt goes right after the pads (left padding) or first (right padding); the mask is 0
+        on pads only, and positions count real tokens, so the prompt always starts at position 0.
+        """
+        if padding_side not in ("left", "right"):
+            raise ValueError("padding_side must be 'left' or 'right'")
+        batch, longest = len(token_ids), max(len(x) for x in token_ids)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((batch, longest), pad_id, dtype=torch.long)
+        mask = torch.zeros(batch, longest, dtype=torch.long)
+        for i, x in enumerate(token_ids):
+            sl = slice(longest - len(x), longest) if padding_side == "left" else slice(0, len(x))
+            ids[i, sl] = torch.tensor(x, dtype=torch.long)
+            mask[i, sl] = 1
+        embeds = self.embed(ids)
+        n_prompt = 0
+        if prompt is not None:
+            n_prompt = prompt.shape[0]
+            n_pads = (1 - mask).sum(1) if padding_side == "left" else torch.zeros(batch, dtype=torch.long)
+            j = torch.arange(longest + n_prompt)[None, :]
+            start = n_pads[:, None]
+            # Gather from [tokens..., prompt...]: before the prompt slot take token j, inside it the
+            # prompt, after it token j - n_prompt.
+            index = torch.where(j < start, j, torch.where(j < start + n_prompt, longest + j - start, j - n_prompt))
+            source = torch.cat([embeds, prompt.to(self.device, self.dtype)[None].expand(batch, -1, -1)], 1)
+            embeds = source.gather(1, index.to(self.device)[..., None].expand(-1, -1, source.shape[-1]))
+            mask = torch.cat([mask, torch.ones(batch, n_prompt, dtype=torch.long)], 1).gather(1, index)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        lengths = torch.tensor([len(x) for x in token_ids])
+        answer = (
+            torch.full((batch,), longest + n_prompt - 1) if padding_side == "left" else lengths + n_prompt - 1
+        )
+        return embeds, mask.to(self.device), positions.to(self.device), answer.to(self.device)
+
+    def score_padded(
+        self, token_ids: Sequence[Sequence[int]], labels: LabelWords, prompt: torch.Tensor | None = None,
+        padding_side: str = "left",
+    ) -> torch.Tensor:
+        """Class scores through a plain padded batch (single-token words); checks `score`'s packing."""
+        if labels.needs_full_softmax:
+            raise ModelError("score_padded supports single-token label words only; use score()")
+        embeds, mask, positions, answer = self.padded_inputs(token_ids, prompt, padding_side)
+        hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+        rows = torch.tensor([w[0] for w in labels.flat], device=self.device)
+        word_scores = self._logits(hidden[torch.arange(len(token_ids), device=self.device), answer], rows)
+        return _class_scores(word_scores, labels)
+
+    def score_reference(
+        self, token_ids: Sequence[Sequence[int]], labels: LabelWords, prompt: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The naive computation: one sequence per (example, word), full-vocabulary logits everywhere.
+
+        Slow on purpose; it is the yardstick `score` is tested and benchmarked against.
+        """
+        flat = labels.flat
+        out = torch.zeros(len(token_ids), len(flat))
+        full_softmax = labels.needs_full_softmax
+        for i, x in enumerate(token_ids):
+            for w_idx, word in enumerate(flat):
+                seq = torch.tensor(list(x) + list(word[:-1]), device=self.device)[None]
+                embeds = self.embed(seq)
+                if prompt is not None:
+                    embeds = torch.cat([prompt.to(self.device, self.dtype)[None], embeds], 1)
+                logits = self.model(inputs_embeds=embeds).logits[0].float()  # (T, V): every position
+                tail = logits[len(logits) - len(word) :]
+                if full_softmax:
+                    tail = torch.log_softmax(tail, -1)
+                    out[i, w_idx] = tail.gather(-1, torch.tensor(word, device=tail.device)[:, None]).sum()
+                else:
+                    out[i, w_idx] = tail[0, word[0]]
+        return _class_scores(out, labels)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self, texts: Sequence[str], prompt: torch.Tensor | None = None, max_new_tokens: int = 32, **kwargs
+    ) -> list[str]:
+        """Continue each text with the soft prompt in place (left padding, KV cache), greedy by default."""
+        if not texts:
+            return []
+        embeds, mask, _, _ = self.padded_inputs(self.tokenize(texts), prompt, padding_side="left")
+        kwargs.setdefault("do_sample", False)
+        out = self.model.generate(
+            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+        )
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def _class_scores(word_scores: torch.Tensor, labels: LabelWords) -> torch.Tensor:
+    cols, start = [], 0
+    for cls in labels.words:
+        chunk = word_scores[:, start : start + len(cls)]
+        cols.append(chunk[:, 0] if len(cls) == 1 else torch.logsumexp(chunk, dim=1))
+        start += len(cls)
+    return torch.stack(cols, dim=1)
+
+
+@dataclass
+class _PackedLayout:
+    """Examples (and their multi-token-word branches) packed into rows, with the bookkeeping."""
+
+    ids: torch.Tensor  # (R, L) token ids, pads included
+    positions: torch.Tensor  # (R, L) positions before the prompt offset
+    unit: torch.Tensor  # (R, L) which example a token belongs to; -1 for pads
+    branch: torch.Tensor  # (R, L) 0 for the example's own tokens, k for the k-th word branch
+    answer_row: torch.Tensor
+    answer_col: torch.Tensor
+    branch_row: dict[int, torch.Tensor]
+    branch_col: dict[int, torch.Tensor]
+
+    @classmethod
+    def build(cls, token_ids: Sequence[Sequence[int]], labels: LabelWords, max_row_tokens: int) -> _PackedLayout:
+        branches = [(w_idx, w[:-1]) for w_idx, w in enumerate(labels.flat) if len(w) > 1]
+        rows: list[list[tuple[int, int, int, int]]] = [[]]  # (token, position, unit, branch)
+        answer_row, answer_col = [], []
+        branch_row = {w: [] for w, _ in branches}
+        branch_col = {w: [] for w, _ in branches}
+        for i, x in enumerate(token_ids):
+            need = len(x) + sum(len(b) for _, b in branches)
+            if rows[-1] and len(rows[-1]) + need > max_row_tokens:
+                rows.append([])
+            row = rows[-1]
+            r = len(rows) - 1
+            row.extend((t, p, i, 0) for p, t in enumerate(x))
+            answer_row.append(r)
+            answer_col.append(len(row) - 1)
+            for k, (w_idx, toks) in enumerate(branches, start=1):
+                branch_row[w_idx].append(r)
+                branch_col[w_idx].append(len(row))
+                row.extend((t, len(x) + p, i, k) for p, t in enumerate(toks))
+        width = max(len(r) for r in rows)
+        table = torch.zeros(len(rows), width, 4, dtype=torch.long)
+        table[..., 2] = -1  # pads belong to no example
+        for r, row in enumerate(rows):
+            table[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        as_t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+        return cls(
+            ids=table[..., 0], positions=table[..., 1], unit=table[..., 2], branch=table[..., 3],
+            answer_row=as_t(answer_row), answer_col=as_t(answer_col),
+            branch_row={k: as_t(v) for k, v in branch_row.items()},
+            branch_col={k: as_t(v) for k, v in branch_col.items()},
+        )
+
+    def attention_mask(self, n_prompt: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive (R, 1, L, n_prompt + L) mask: prompt visible to all; causal within an example;
+        a word branch sees its example and itself; pads see only themselves (never a NaN row)."""
+        n_rows, width = self.ids.shape
+        unit_q, unit_k = self.unit[:, :, None], self.unit[:, None, :]
+        br_q, br_k = self.branch[:, :, None], self.branch[:, None, :]
+        causal = torch.ones(width, width, dtype=torch.bool).tril()[None]
+        allowed = (unit_q == unit_k) & (unit_q >= 0) & causal & ((br_k == 0) | (br_k == br_q))
+        allowed |= torch.eye(width, dtype=torch.bool)[None]
+        prompt_cols = (self.unit >= 0)[:, :, None].expand(n_rows, width, n_prompt)
+        allowed = torch.cat([prompt_cols, allowed], dim=2)
+        mask = torch.zeros(allowed.shape, dtype=dtype)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask[:, None]
+
+
+def load_backbone(model: str = "smollm2-135m", device: str = "auto", dtype: str = "auto") -> CausalLMBackbone:
+    """Load a frozen causal LM by alias, local directory, GGUF file or hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, model_id = resolve_model_source(model)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"cannot load model '{model}': not a built-in alias, local directory or .gguf file, "
+            f"and transformers could not load it as a hub id ({first})"
+        ) from None
+    lm.to(dev).eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return CausalLMBackbone(lm, tokenizer, model_id, dev, torch_dtype)

