@@ -31,14 +31,20 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 class SavedActivations:
-    """Bytes of tensors autograd saves for backward: the activation memory a training step holds."""
+    """Bytes of the distinct tensors autograd keeps for backward, frozen weights excluded: the
+    activation memory a training step holds (the CPU stand-in for peak CUDA memory)."""
 
-    def __init__(self):
+    def __init__(self, frozen: torch.nn.Module):
+        self.frozen = {p.untyped_storage().data_ptr() for p in frozen.parameters()}
+        self.seen: set[int] = set()
         self.bytes = 0
 
     def __enter__(self):
         def pack(t):
-            self.bytes += t.numel() * t.element_size()
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in self.frozen and storage.data_ptr() not in self.seen:
+                self.seen.add(storage.data_ptr())
+                self.bytes += storage.nbytes()
             return t
 
         self._ctx = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
@@ -126,12 +132,12 @@ def main() -> None:
         for g in ours_opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         ours_opt.zero_grad(set_to_none=True)
-        with SavedActivations() as saved:
+        with SavedActivations(ours_bb.model) as saved:
             loss = classification_loss(ours_bb, labels, ids, golds, prompt())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(prompt.parameters()), cfg.max_grad_norm)
         ours_opt.step()
-        return float(loss), saved.bytes
+        return float(loss.detach()), saved.bytes
 
     def peft_step(step):
         ids, golds = train.subset(batch_indices(step, len(train), cfg.batch_size, args.seed))
@@ -139,12 +145,12 @@ def main() -> None:
         for g in peft_opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         peft_opt.zero_grad(set_to_none=True)
-        with SavedActivations() as saved:
+        with SavedActivations(peft_model) as saved:
             loss = peft_model(input_ids=input_ids, attention_mask=mask, labels=targets).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(peft_params, cfg.max_grad_norm)
         peft_opt.step()
-        return float(loss), saved.bytes
+        return float(loss.detach()), saved.bytes
 
     @torch.inference_mode()
     def peft_accuracy(data) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -19,8 +20,17 @@ def _prompt(backbone, n=7, seed=0):
     return backbone.embed(torch.arange(200, 200 + n)).detach() + noise
 
 
+@pytest.fixture(params=["shared-prefix", "inline-prompt"])
+def prompt_mode(request, backbone):
+    """Both ways `score` can place the prompt: keys/values shared across the batch, or inline."""
+    before = backbone.share_prompt_prefix
+    backbone.share_prompt_prefix = request.param == "shared-prefix"
+    yield request.param
+    backbone.share_prompt_prefix = before
+
+
 @torch.no_grad()
-def test_label_scores_equal_full_logits(backbone):
+def test_label_scores_equal_full_logits(backbone, prompt_mode):
     ids = backbone.tokenize(TEXTS)
     labels = backbone.label_words([[" negative"], [" positive"]])
     for prompt in (None, _prompt(backbone)):
@@ -32,7 +42,7 @@ def test_label_scores_equal_full_logits(backbone):
 
 
 @torch.no_grad()
-def test_multi_token_and_multi_word_labels_equal_full_logits(backbone):
+def test_multi_token_and_multi_word_labels_equal_full_logits(backbone, prompt_mode):
     ids = backbone.tokenize(TEXTS)
     labels = backbone.label_words([[" not good at all", " awful"], [" positive"], [" extraordinarily wonderful"]])
     assert labels.needs_full_softmax and max(len(w) for w in labels.flat) > 2
@@ -57,6 +67,18 @@ def test_prompt_placement_under_left_and_right_padding(backbone):
     assert pads > 0 and mask[short, :pads].sum() == 0 and mask[short, pads:].all()
     assert torch.allclose(embeds[short, pads : pads + prompt.shape[0]], prompt)  # prompt right after the pads
     assert positions[short, pads] == 0 and positions[short, -1] == prompt.shape[0] + len(ids[short]) - 1
+
+
+def test_prompt_gradients_equal_padded_reference(backbone, prompt_mode):
+    ids = backbone.tokenize(TEXTS)
+    labels = backbone.label_words([[" negative"], [" positive"]])
+    golds = torch.tensor([1, 0, 0, 1])
+    grads = []
+    for fn in (backbone.score, lambda i, lab, p: backbone.score_padded(i, lab, p, padding_side="left")):
+        prompt = _prompt(backbone).requires_grad_(True)
+        torch.nn.functional.cross_entropy(fn(ids, labels, prompt), golds).backward()
+        grads.append(prompt.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5), (grads[0] - grads[1]).abs().max()
 
 
 def test_label_scoring_is_cheaper_than_full_logits(backbone):

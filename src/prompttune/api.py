@@ -153,14 +153,15 @@ def evaluate(
 
 
 def evaluate_artifact(
-    path: str | Path, task: str | None = None, data_dir: str | Path | None = None, split: str = "test",
+    path: str | Path, task: str | None = None, data_dir: str | Path | None = None, split: str | None = None,
     limit: int | None = None, model: str | CausalLMBackbone | None = None, device: str = "auto",
     dtype: str = "auto",
 ) -> EvalResult:
     """Score an artifact on a task split (by default the task it was trained on)."""
     meta, tensors = read_artifact(path)
     task_obj = load_task(task or meta["task"]["name"], data_dir)
-    examples = task_obj.split(split)[:limit] if limit else task_obj.split(split)
+    examples = task_obj.split(split or task_obj.eval_split_name)
+    examples = examples[:limit] if limit else examples
     backbone = _backbone(model or meta["backbone"]["id"], device, dtype)
     check_backbone(meta, backbone, f"artifact {path}")
     prompt = tensors["prompt"] if meta["prompt_kind"] == "soft" else None

@@ -130,7 +130,8 @@ def eval_cmd(
     task: Annotated[str | None, typer.Option("--task", "-t", help="Task to score on (default: the "
                                              "artifact's own).")] = None,
     data_dir: DataDirOpt = None,
-    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    split: Annotated[str | None, typer.Option(help="train, dev or test (default: test when the task has "
+                                                   "one, else dev).")] = None,
     limit: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
     device: DeviceOpt = "auto",
@@ -140,7 +141,7 @@ def eval_cmd(
     from .api import evaluate_artifact
 
     result = evaluate_artifact(artifact, task, data_dir, split, limit, model, device, dtype)
-    console.print(f"{result.n} examples from split '{split}': accuracy {result.accuracy:.4f}, "
+    console.print(f"{result.n} examples: accuracy {result.accuracy:.4f}, "
                   f"macro-F1 {result.macro_f1:.4f}, {result.examples_per_s:.1f} examples/s")
     print(f"accuracy={result.accuracy:.4f} macro_f1={result.macro_f1:.4f} examples_per_s={result.examples_per_s:.2f}")
 
@@ -223,8 +224,19 @@ def demo(
         table.add_row(name, f"{rep.test.accuracy:.3f}", f"{rep.test.macro_f1:.3f}",
                       f"{rep.meta['trainable_parameters']:,}")
     console.print(table)
-    predictor_note = f"prompttune predict {out} \"I love my new phone\""
-    console.print(f"learned prompt: {out} ({tuned.meta['hyperparameters']['n_tokens']} vectors); try: {predictor_note}")
+    from .artifact import load as load_artifact
+    from .prompts import nearest_tokens
+
+    predictor = load_artifact(out, model=backbone)
+    assert predictor.prompt is not None
+    words = " ".join(repr(t) for t in nearest_tokens(backbone, predictor.prompt))
+    console.print(f"learned: {predictor.prompt.shape[0]} prompt vectors; nearest vocabulary tokens: {words}",
+                  highlight=False)
+    samples = ["I love my new phone, the camera is amazing", "worst customer service ever, never again",
+               "the meeting is at 3pm in room 204"]
+    for text, label in zip(samples, predictor.predict(samples), strict=True):
+        console.print(f"  {label:>8s}  {text}", highlight=False)
+    console.print(f"artifact: {out}; try: prompttune predict {out} \"what a great day\"", highlight=False)
     assert zero.test and tuned.test
     print(f"zero_shot_acc={zero.test.accuracy:.4f} prompt_tuning_acc={tuned.test.accuracy:.4f} artifact={out}")
 

@@ -3,12 +3,14 @@
 Two ways to run a batch, both exact:
 
 * `score` (the fast path, used for training and evaluation). The prompt comes first in every
-  sequence, so its keys/values are the same for all examples: we compute them once (batch 1) and
-  let every example attend to them. The examples themselves are packed back to back into a few
-  rows with a block-diagonal causal mask, so no compute goes to padding. Multi-token label words
-  are extra "branch" segments that attend to their example's tokens, so each example is encoded
-  once whatever the number of words. Only the answer positions are multiplied with the output
-  embedding, and only with the label rows unless a multi-token word needs the full softmax there.
+  sequence, so its keys/values are the same for all examples: on the CPU we compute them once
+  (batch 1) and let every example attend to them (`share_prompt_prefix`; on a GPU, where small
+  batches are launch-bound, the prompt is placed inline before each example instead). The
+  examples themselves are packed back to back into a few rows with a block-diagonal causal mask,
+  so no compute goes to padding. Multi-token label words are extra "branch" segments that attend
+  to their example's tokens, so each example is encoded once whatever the number of words. Only
+  the answer positions are multiplied with the output embedding, and only with the label rows
+  unless a multi-token word needs the full softmax there.
 * `padded_inputs` / `generate` (the general path): a left- or right-padded batch through
   `inputs_embeds`, the prompt placed right after the pads with matching attention mask and
   position ids. This is what `generate` (with its KV cache) runs.
@@ -61,6 +63,10 @@ class CausalLMBackbone:
         self.decoder = model.base_model
         self.fingerprint = weight_fingerprint(model)
         self.max_input_tokens = 512
+        # Sharing the prompt's keys/values saves (batch - 1) x prompt-length tokens of compute but
+        # costs a second, small pass. That wins where compute dominates (CPUs); on a GPU a small
+        # batch is bound by kernel launches, so there the prompt goes inline, in one pass.
+        self.share_prompt_prefix = device.type == "cpu"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         softcap = getattr(model.config, "final_logit_softcapping", None)
@@ -133,12 +139,18 @@ class CausalLMBackbone:
         """
         if len(token_ids) == 0:
             return torch.zeros(0, labels.num_classes)
-        layout = _PackedLayout.build(token_ids, labels, max_row_tokens)
-        n_prompt = 0 if prompt is None else prompt.shape[0]
-        embeds = self.embed(layout.ids)
-        mask = layout.attention_mask(n_prompt, self.dtype).to(self.device)
-        positions = (layout.positions + n_prompt).to(self.device)
-        cache = self._prefix_cache(prompt, layout.ids.shape[0]) if prompt is not None else None
+        shared = prompt is not None and self.share_prompt_prefix
+        inline = prompt.shape[0] if prompt is not None and not shared else 0
+        layout = _PackedLayout.build(token_ids, labels, max_row_tokens, inline_prompt=inline)
+        n_prefix = prompt.shape[0] if shared else 0
+        slots = layout.ids < 0  # inline prompt slots hold -(k+1) for prompt vector k
+        embeds = self.embed(layout.ids.clamp(min=0))
+        if inline:
+            vectors = prompt.to(self.device, self.dtype)[(-layout.ids - 1).clamp(min=0).to(self.device)]
+            embeds = torch.where(slots.to(self.device)[..., None], vectors, embeds)
+        mask = layout.attention_mask(n_prefix, self.dtype).to(self.device)
+        positions = (layout.positions + n_prefix).to(self.device)
+        cache = self._prefix_cache(prompt, layout.ids.shape[0]) if shared else None
         hidden = self.decoder(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
             past_key_values=cache, use_cache=False,
@@ -284,25 +296,29 @@ class _PackedLayout:
     branch_col: dict[int, torch.Tensor]
 
     @classmethod
-    def build(cls, token_ids: Sequence[Sequence[int]], labels: LabelWords, max_row_tokens: int) -> _PackedLayout:
+    def build(
+        cls, token_ids: Sequence[Sequence[int]], labels: LabelWords, max_row_tokens: int, inline_prompt: int = 0
+    ) -> _PackedLayout:
+        """`inline_prompt` > 0 puts that many prompt slots (ids -1, -2, ...) before every example."""
         branches = [(w_idx, w[:-1]) for w_idx, w in enumerate(labels.flat) if len(w) > 1]
         rows: list[list[tuple[int, int, int, int]]] = [[]]  # (token, position, unit, branch)
         answer_row, answer_col = [], []
         branch_row = {w: [] for w, _ in branches}
         branch_col = {w: [] for w, _ in branches}
         for i, x in enumerate(token_ids):
-            need = len(x) + sum(len(b) for _, b in branches)
+            need = inline_prompt + len(x) + sum(len(b) for _, b in branches)
             if rows[-1] and len(rows[-1]) + need > max_row_tokens:
                 rows.append([])
             row = rows[-1]
             r = len(rows) - 1
-            row.extend((t, p, i, 0) for p, t in enumerate(x))
+            row.extend((-k - 1, k, i, 0) for k in range(inline_prompt))
+            row.extend((t, inline_prompt + p, i, 0) for p, t in enumerate(x))
             answer_row.append(r)
             answer_col.append(len(row) - 1)
             for k, (w_idx, toks) in enumerate(branches, start=1):
                 branch_row[w_idx].append(r)
                 branch_col[w_idx].append(len(row))
-                row.extend((t, len(x) + p, i, k) for p, t in enumerate(toks))
+                row.extend((t, inline_prompt + len(x) + p, i, k) for p, t in enumerate(toks))
         width = max(len(r) for r in rows)
         table = torch.zeros(len(rows), width, 4, dtype=torch.long)
         table[..., 2] = -1  # pads belong to no example

@@ -61,3 +61,11 @@ class SoftPrompt(nn.Module):
         with torch.no_grad():
             prompt.weight.copy_(vectors.detach().float().cpu())
         return prompt.to(backbone.device)
+
+
+def nearest_tokens(backbone: CausalLMBackbone, vectors: torch.Tensor) -> list[str]:
+    """The vocabulary token closest (cosine) to each prompt vector: a readable view of a soft prompt."""
+    table = torch.nn.functional.normalize(backbone.model.get_input_embeddings().weight.float(), dim=-1)
+    query = torch.nn.functional.normalize(vectors.to(table.device).float(), dim=-1)
+    ids = (query @ table.T).argmax(-1).tolist()
+    return [backbone.tokenizer.decode([i]) for i in ids]
