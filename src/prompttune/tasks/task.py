@@ -136,7 +136,7 @@ def builtin_tasks() -> list[str]:
 def load_spec(name_or_path: str) -> tuple[TaskSpec, str]:
     path = Path(name_or_path).expanduser()
     if name_or_path.endswith((".yaml", ".yml")) or path.exists():
-        return read_task_file(path), str(path)
+        return read_task_file(path), str(path.resolve())
     if name_or_path in builtin_tasks():
         text = resources.files("prompttune.tasks").joinpath("builtin", f"{name_or_path}.yaml").read_text()
         return parse_task_yaml(text, f"built-in task {name_or_path}"), name_or_path
