@@ -138,3 +138,17 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "not an artifact directory" in proc.stderr
+
+
+def test_methods_shows_trainable_parameters_for_a_model():
+    result = run("methods", "--model", "smollm2-135m")
+    assert result.exit_code == 0, result.output
+    assert "11,520" in result.output  # prompt tuning: 20 x 576
+
+
+def test_decode_shows_nearest_tokens(trained):
+    out, _ = trained
+    result = run("decode", out, "--top-k", 2)
+    assert result.exit_code == 0, result.output
+    assert "nearest tokens of 20 prompt vectors" in result.output
+    assert result.output.count("(") >= 40  # two tokens with their cosine for each of the 20 vectors

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 import yaml
 from rich.console import Console
@@ -181,17 +182,63 @@ def predict(
 
 @app.command()
 @_friendly
-def methods() -> None:
+def methods(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Also show each method's trainable "
+                                              "parameters (default hyper-parameters) for this model.")] = None,
+) -> None:
     """List the registered methods with a one-line description and their hyper-parameters."""
     from .methods import available_methods
 
-    table = Table(title="prompttune methods")
+    hidden = None
+    if model is not None:
+        from transformers import AutoConfig
+
+        from .models.loading import resolve_model_source
+
+        hidden = AutoConfig.from_pretrained(resolve_model_source(model)[0]).hidden_size
+    table = Table(title="prompttune methods" + (f" (trainable parameters for {model})" if model else ""))
     table.add_column("method", style="bold")
     table.add_column("description")
+    if hidden is not None:
+        table.add_column("trainable", justify="right")
     table.add_column("hyper-parameters (default)")
     for name, cls in available_methods().items():
         fields = ", ".join(f"{k}={f.default}" for k, f in cls.Config.model_fields.items())
-        table.add_row(name, cls.description, fields or "-")
+        row = [name, cls.description]
+        if hidden is not None:
+            method = cls.from_params({})
+            count = method.count_trainable(hidden) if hasattr(method, "count_trainable") else 0
+            row.append(f"{count:,}")
+        table.add_row(*row, fields or "-")
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def decode(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory with a soft prompt.")],
+    top_k: Annotated[int, typer.Option(help="Nearest vocabulary tokens to show per vector.")] = 3,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
+) -> None:
+    """Show the nearest vocabulary tokens (cosine) of each learned prompt vector."""
+    from .artifact import load as load_artifact
+
+    predictor = load_artifact(artifact, model)
+    if predictor.prompt is None:
+        raise ConfigError(f"{artifact} holds a '{predictor.meta['prompt_kind']}' prompt, not soft vectors")
+    bb = predictor.backbone
+    table_emb = torch.nn.functional.normalize(bb.model.get_input_embeddings().weight.float(), dim=-1)
+    vectors = torch.nn.functional.normalize(predictor.prompt.float().to(table_emb.device), dim=-1)
+    sims, ids = (vectors @ table_emb.T).topk(top_k, dim=-1)
+    table = Table(title=f"{artifact}: nearest tokens of {len(ids)} prompt vectors")
+    table.add_column("#", justify="right")
+    table.add_column("norm", justify="right")
+    for k in range(top_k):
+        table.add_column(f"token {k + 1} (cos)")
+    norms = predictor.prompt.float().norm(dim=-1).tolist()
+    for i, (row_ids, row_sims) in enumerate(zip(ids.tolist(), sims.tolist(), strict=True)):
+        cells = [f"{bb.tokenizer.decode([t])!r} ({s:.2f})" for t, s in zip(row_ids, row_sims, strict=True)]
+        table.add_row(str(i), f"{norms[i]:.2f}", *cells)
     console.print(table)
 
 
