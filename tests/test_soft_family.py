@@ -36,13 +36,13 @@ def test_method_beats_zero_shot_and_folds_into_a_plain_prompt(method, backbone, 
     module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
     with torch.no_grad():
         assert torch.allclose(module(), tensors["prompt"], atol=1e-6)
-    assert report.meta["trainable_parameters"] == m.count_trainable(backbone.hidden_size)
+    assert report.meta["trainable_parameters"] == m.count_trainable(backbone.model.config)
     assert report.meta["trainable_parameters"] == sum(p.numel() for p in module.parameters())
 
 
 def test_lopt_has_fewer_parameters_than_prompt_tuning(backbone):
-    lopt = get_method("lopt").from_params({"rank": 2}).count_trainable(backbone.hidden_size)
-    full = get_method("prompt-tuning").from_params({}).count_trainable(backbone.hidden_size)
+    lopt = get_method("lopt").from_params({"rank": 2}).count_trainable(backbone.model.config)
+    full = get_method("prompt-tuning").from_params({}).count_trainable(backbone.model.config)
     assert lopt == 2 * (20 + backbone.hidden_size) and lopt < full / 4
 
 

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .artifact import ARTIFACT_JSON, check_backbone, load, read_artifact, write_artifact
+from .artifact import ARTIFACT_JSON, check_backbone, load, prompt_from_tensors, read_artifact, write_artifact
 from .errors import ConfigError
 from .evaluation import EvalResult, encode, evaluate_encoded
 from .methods import RunContext, get_method
@@ -115,7 +115,7 @@ def train(
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    prompt = result.tensors.get("prompt") if result.prompt_kind == "soft" else None
+    prompt = prompt_from_tensors(result.prompt_kind, result.tensors, backbone.device)
     dev = evaluate_encoded(backbone, labels, encode(backbone, task_obj, fewshot.dev), prompt)
     test = evaluate_encoded(backbone, labels, encode(backbone, task_obj, test_examples), prompt) \
         if test_examples else None
@@ -165,5 +165,5 @@ def evaluate_artifact(
     examples = examples[:limit] if limit else examples
     backbone = _backbone(model or meta["backbone"]["id"], device, dtype)
     check_backbone(meta, backbone, f"artifact {path}")
-    prompt = tensors["prompt"] if meta["prompt_kind"] == "soft" else None
+    prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device)
     return evaluate(backbone, task_obj, examples, prompt)

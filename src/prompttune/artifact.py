@@ -21,7 +21,7 @@ from .utils.io import atomic_save_tensors, atomic_write_json
 ARTIFACT_JSON = "prompt.json"
 ARTIFACT_TENSORS = "prompt.safetensors"
 FORMAT_VERSION = 1
-PROMPT_KINDS = ("none", "soft")
+PROMPT_KINDS = ("none", "soft", "kv")
 
 
 def write_artifact(out_dir: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -66,6 +66,15 @@ def check_backbone(meta: Mapping[str, Any], backbone: CausalLMBackbone, where: s
         )
 
 
+def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=None):
+    """What `backbone.score` takes for an artifact: None, soft embeddings, or per-layer (keys, values)."""
+    if kind == "soft":
+        return tensors["prompt"].to(device)
+    if kind == "kv":
+        return list(zip(tensors["keys"].to(device), tensors["values"].to(device), strict=True))
+    return None
+
+
 class Predictor:
     """A learned prompt applied to its frozen backbone: `predict`, `scores`, `generate`."""
 
@@ -78,7 +87,7 @@ class Predictor:
         self.labels: list[str] = list(task["verbalizer"])
         words = [[w] if isinstance(w, str) else list(w) for w in task["verbalizer"].values()]
         self.label_words = backbone.label_words(words, self.labels)
-        self.prompt = tensors["prompt"].to(backbone.device) if meta["prompt_kind"] == "soft" else None
+        self.prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device)
 
     def render(self, item: str | Mapping[str, str]) -> str:
         if isinstance(item, str):

@@ -189,25 +189,25 @@ def methods(
     """List the registered methods with a one-line description and their hyper-parameters."""
     from .methods import available_methods
 
-    hidden = None
+    model_config = None
     if model is not None:
         from transformers import AutoConfig
 
         from .models.loading import resolve_model_source
 
-        hidden = AutoConfig.from_pretrained(resolve_model_source(model)[0]).hidden_size
+        model_config = AutoConfig.from_pretrained(resolve_model_source(model)[0])
     table = Table(title="prompttune methods" + (f" (trainable parameters for {model})" if model else ""))
     table.add_column("method", style="bold")
     table.add_column("description")
-    if hidden is not None:
+    if model_config is not None:
         table.add_column("trainable", justify="right")
     table.add_column("hyper-parameters (default)")
     for name, cls in available_methods().items():
         fields = ", ".join(f"{k}={f.default}" for k, f in cls.Config.model_fields.items())
         row = [name, cls.description]
-        if hidden is not None:
+        if model_config is not None:
             method = cls.from_params({})
-            count = method.count_trainable(hidden) if hasattr(method, "count_trainable") else 0
+            count = method.count_trainable(model_config) if hasattr(method, "count_trainable") else 0
             row.append(f"{count:,}")
         table.add_row(*row, fields or "-")
     console.print(table)
@@ -224,13 +224,14 @@ def decode(
     from .artifact import load as load_artifact
 
     predictor = load_artifact(artifact, model)
-    if predictor.prompt is None:
+    if not torch.is_tensor(predictor.prompt):
         raise ConfigError(f"{artifact} holds a '{predictor.meta['prompt_kind']}' prompt, not soft vectors")
     bb = predictor.backbone
     table_emb = torch.nn.functional.normalize(bb.model.get_input_embeddings().weight.float(), dim=-1)
     vectors = torch.nn.functional.normalize(predictor.prompt.float().to(table_emb.device), dim=-1)
     sims, ids = (vectors @ table_emb.T).topk(top_k, dim=-1)
-    table = Table(title=f"{artifact}: nearest tokens of {len(ids)} prompt vectors")
+    console.print(f"{artifact} ({predictor.meta['method']}, {bb.model_id})", highlight=False)
+    table = Table(title=f"nearest tokens of {len(ids)} prompt vectors")
     table.add_column("#", justify="right")
     table.add_column("norm", justify="right")
     for k in range(top_k):

@@ -43,7 +43,8 @@ class RunContext:
 @dataclass
 class MethodResult:
     """What a method learned. `prompt_kind` says how `tensors` are applied at inference:
-    "none" (the template alone) or "soft" (tensor "prompt", (n_tokens, hidden) input embeddings)."""
+    "none" (the template alone), "soft" (tensor "prompt", (n_tokens, hidden) input embeddings) or
+    "kv" (tensors "keys" and "values", (layers, kv_heads, n_tokens, head_dim): a deep prompt)."""
 
     prompt_kind: str
     tensors: dict[str, torch.Tensor]

@@ -44,14 +44,15 @@ class PromptTuning(Method):
             prompt.weight.copy_(init)
         return prompt
 
-    def count_trainable(self, hidden_size: int) -> int:
+    def count_trainable(self, model_config) -> int:
+        """Trainable parameters with these hyper-parameters on a model with this HF config."""
         cfg: PromptTuningConfig = self.config  # type: ignore[assignment]
-        module = self.build_prompt(torch.randn(cfg.n_tokens, hidden_size) * 0.02)
+        module = self.build_prompt(torch.randn(cfg.n_tokens, model_config.hidden_size) * 0.02)
         return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
     def fit(self, ctx: RunContext) -> MethodResult:
         cfg: PromptTuningConfig = self.config  # type: ignore[assignment]
-        bb = ctx.backbone
+        bb = self.backbone = ctx.backbone
         init = self.initial_prompt(bb, ctx.seed)
         with torch.random.fork_rng(devices=[]):  # the network's random init follows --seed, nothing else
             torch.manual_seed(ctx.seed)
@@ -75,12 +76,17 @@ class PromptTuning(Method):
         )
         prompt.load_state_dict(outcome.best_state)
         with torch.no_grad():
-            folded = prompt().detach().float().cpu()
-        tensors = {"prompt": folded}
+            folded = prompt()
+        if torch.is_tensor(folded):
+            kind, tensors = "soft", {"prompt": folded.detach().float().cpu()}
+        else:  # a deep prompt: per-layer (keys, values)
+            kind = "kv"
+            tensors = {"keys": torch.stack([k for k, _ in folded]).float().cpu(),
+                       "values": torch.stack([v for _, v in folded]).float().cpu()}
         if not isinstance(prompt, SoftPrompt):  # keep the network, so training can go on from here
             tensors.update({f"module.{k}": v for k, v in outcome.best_state.items()})
         return MethodResult(
-            prompt_kind="soft",
+            prompt_kind=kind,
             tensors=tensors,
             trainable_parameters=sum(p.numel() for p in prompt.parameters() if p.requires_grad),
             history=outcome.history,

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 from ..errors import ModelError
 from .loading import resolve_device, resolve_dtype, resolve_model_source, weight_fingerprint
@@ -45,6 +46,10 @@ class LabelWords:
     @property
     def num_classes(self) -> int:
         return len(self.words)
+
+
+Prefix = Sequence[tuple[torch.Tensor, torch.Tensor]]
+PromptInput = torch.Tensor | Prefix | None
 
 
 class CausalLMBackbone:
@@ -123,15 +128,33 @@ class CausalLMBackbone:
             cache.batch_repeat_interleave(rows)
         return cache
 
+    def prefix_from_embeddings(self, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer (keys, values), each (kv_heads, n_tokens, head_dim), that the model computes for
+        `prompt` embeddings: the deep prompt that behaves exactly like this soft prompt."""
+        cache = self.decoder(inputs_embeds=prompt.to(self.device, self.dtype)[None], use_cache=True).past_key_values
+        return [(layer.keys[0], layer.values[0]) for layer in cache.layers]
+
+    def _cache_from_prefix(self, prefix: Prefix, rows: int) -> DynamicCache:
+        data = [(k.to(self.device, self.dtype)[None], v.to(self.device, self.dtype)[None]) for k, v in prefix]
+        if len(data) != len(self.decoder.layers):
+            raise ModelError(f"deep prompt has {len(data)} layers, the model {len(self.decoder.layers)}")
+        cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return cache
+
     # ------------------------------------------------------------------ fast scoring
     def score(
         self,
         token_ids: Sequence[Sequence[int]],
         labels: LabelWords,
-        prompt: torch.Tensor | None = None,
+        prompt: PromptInput = None,
         max_row_tokens: int = 1024,
     ) -> torch.Tensor:
         """Class scores (batch, classes), float32, differentiable w.r.t. `prompt`.
+
+        `prompt` is soft-prompt embeddings (n_tokens, hidden) or a deep prompt: per-layer
+        (keys, values) pairs, each (kv_heads, n_tokens, head_dim), that every example attends to.
 
         With single-token words a score is the word's logit (log-softmax over the classes gives the
         label-restricted distribution); with any multi-token word it is the word's log-probability.
@@ -139,10 +162,11 @@ class CausalLMBackbone:
         """
         if len(token_ids) == 0:
             return torch.zeros(0, labels.num_classes)
-        shared = prompt is not None and self.share_prompt_prefix
+        deep = prompt is not None and not torch.is_tensor(prompt)
+        shared = deep or (prompt is not None and self.share_prompt_prefix)
         inline = prompt.shape[0] if prompt is not None and not shared else 0
         layout = _PackedLayout.build(token_ids, labels, max_row_tokens, inline_prompt=inline)
-        n_prefix = prompt.shape[0] if shared else 0
+        n_prefix = (prompt[0][0].shape[-2] if deep else prompt.shape[0]) if shared else 0
         slots = layout.ids < 0  # inline prompt slots hold -(k+1) for prompt vector k
         embeds = self.embed(layout.ids.clamp(min=0))
         if inline:
@@ -150,7 +174,10 @@ class CausalLMBackbone:
             embeds = torch.where(slots.to(self.device)[..., None], vectors, embeds)
         mask = layout.attention_mask(n_prefix, self.dtype).to(self.device)
         positions = (layout.positions + n_prefix).to(self.device)
-        cache = self._prefix_cache(prompt, layout.ids.shape[0]) if shared else None
+        rows = layout.ids.shape[0]
+        cache = None
+        if shared:
+            cache = self._cache_from_prefix(prompt, rows) if deep else self._prefix_cache(prompt, rows)
         hidden = self.decoder(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
             past_key_values=cache, use_cache=False,
@@ -259,11 +286,13 @@ class CausalLMBackbone:
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
-        self, texts: Sequence[str], prompt: torch.Tensor | None = None, max_new_tokens: int = 32, **kwargs
+        self, texts: Sequence[str], prompt: PromptInput = None, max_new_tokens: int = 32, **kwargs
     ) -> list[str]:
-        """Continue each text with the soft prompt in place (left padding, KV cache), greedy by default."""
+        """Continue each text with the prompt in place (left padding, KV cache), greedy by default."""
         if not texts:
             return []
+        if prompt is not None and not torch.is_tensor(prompt):
+            return self._generate_with_prefix(texts, prompt, max_new_tokens, **kwargs)
         embeds, mask, _, _ = self.padded_inputs(self.tokenize(texts), prompt, padding_side="left")
         kwargs.setdefault("do_sample", False)
         out = self.model.generate(
@@ -271,6 +300,53 @@ class CausalLMBackbone:
             pad_token_id=self.tokenizer.pad_token_id, **kwargs,
         )
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def _generate_with_prefix(
+        self, texts: Sequence[str], prefix: Prefix, max_new_tokens: int, do_sample: bool = False,
+        temperature: float = 1.0, **unsupported,
+    ) -> list[str]:
+        """Greedy or sampled decoding behind a deep prompt's keys/values.
+
+        HF `generate` assumes every cached position has an input id, which a learned prefix has not,
+        so this small loop runs the cache itself: prefill after the prefix, then one token a step.
+        """
+        if unsupported:
+            raise ModelError(f"generation behind a deep prompt supports do_sample and temperature, not "
+                             f"{', '.join(unsupported)}")
+        ids = self.tokenize(texts)
+        batch, longest = len(ids), max(map(len, ids))
+        input_ids = torch.full((batch, longest), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(batch, longest, dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, longest - len(x):] = torch.tensor(x)
+            mask[i, longest - len(x):] = 1
+        n_prefix = prefix[0][0].shape[-2]
+        cache = self._cache_from_prefix(prefix, batch)
+        full_mask = torch.cat([torch.ones(batch, n_prefix, dtype=torch.long), mask], 1).to(self.device)
+        positions = (n_prefix + (mask.cumsum(1) - 1).clamp(min=0)).to(self.device)
+        step_ids = input_ids.to(self.device)
+        out_tokens: list[torch.Tensor] = []
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        eos = self.tokenizer.eos_token_id
+        for _ in range(max_new_tokens):
+            out = self.model(input_ids=step_ids, attention_mask=full_mask, position_ids=positions,
+                             past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            logits = out.logits[:, -1].float()
+            if do_sample:
+                nxt = torch.multinomial(torch.softmax(logits / max(temperature, 1e-5), -1), 1)[:, 0]
+            else:
+                nxt = logits.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
+            out_tokens.append(nxt)
+            done |= nxt == eos
+            if done.all():
+                break
+            step_ids = nxt[:, None]
+            full_mask = torch.cat([full_mask, torch.ones(batch, 1, dtype=torch.long, device=self.device)], 1)
+            positions = positions[:, -1:] + 1
+        tokens = torch.stack(out_tokens, 1).cpu().tolist()
+        return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
 def _class_scores(word_scores: torch.Tensor, labels: LabelWords) -> torch.Tensor:

@@ -1,0 +1,76 @@
+"""Deep prompts: P-tuning v2 (per-layer keys/values) and prefix-tuning (MLP-reparameterised, folded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import prompttune
+from prompttune.artifact import ARTIFACT_TENSORS
+from prompttune.prompts.deep import DeepPrompt, PrefixPrompt
+
+HELD_OUT = 200
+TEXTS = ["Review: a gorgeous, witty film\nSentiment:", "Review: bad\nSentiment:", "The capital of France is"]
+
+
+@torch.no_grad()
+def test_deep_prompt_from_a_soft_prompt_behaves_exactly_like_it(backbone):
+    soft = backbone.embed(torch.arange(100, 110)).detach()
+    prefix = backbone.prefix_from_embeddings(soft)
+    ids = backbone.tokenize(TEXTS)
+    torch.manual_seed(0)
+    for words in ([[" negative"], [" positive"]], [[" not good at all"], [" positive"]]):
+        labels = backbone.label_words(words)
+        reference = backbone.score(ids, labels, soft)
+        for module in (DeepPrompt(prefix), PrefixPrompt(prefix)):
+            assert torch.allclose(backbone.score(ids, labels, module()), reference, atol=1e-4)
+    # generation behind learned keys/values (our own cached loop) matches HF generate with the soft prompt
+    deep = DeepPrompt(prefix)()
+    assert backbone.generate(TEXTS, deep, max_new_tokens=8) == backbone.generate(TEXTS, soft, max_new_tokens=8)
+    assert backbone.generate(TEXTS[:2], deep, max_new_tokens=8) == [
+        backbone.generate([t], deep, max_new_tokens=8)[0] for t in TEXTS[:2]
+    ]
+
+
+@pytest.fixture(scope="module")
+def zero_shot_accuracy(backbone, data_dir, tmp_path_factory):
+    report = prompttune.train("zero-shot", backbone, "sst2", data_dir, shots=16, seed=0,
+                              out=tmp_path_factory.mktemp("zs") / "run", eval_split="dev", eval_limit=HELD_OUT,
+                              progress=False)
+    return report.test.accuracy
+
+
+@pytest.mark.parametrize("method", ["p-tuning-v2", "prefix-tuning"])
+def test_deep_method_beats_zero_shot_and_round_trips(method, backbone, data_dir, tmp_path, zero_shot_accuracy):
+    report = prompttune.train(method, backbone, "sst2", data_dir, shots=16, seed=0, out=tmp_path / method,
+                              eval_split="dev", eval_limit=HELD_OUT, steps=32, eval_every=8, progress=False)
+    print(f"{method}: zero-shot {zero_shot_accuracy:.3f} -> {report.test.accuracy:.3f}")
+    assert report.test.accuracy >= zero_shot_accuracy + 0.03
+    assert report.meta["prompt_kind"] == "kv"
+    tensors = load_file(str(tmp_path / method / ARTIFACT_TENSORS))
+    assert tensors["keys"].shape == (30, 3, 20, 64) == tensors["values"].shape
+    predictor = prompttune.load(tmp_path / method, model=backbone)
+    texts = ["a gorgeous, witty film", "an utter bore"]
+    prefix = list(zip(tensors["keys"], tensors["values"], strict=True))
+    with torch.no_grad():
+        direct = torch.log_softmax(backbone.score(backbone.tokenize([predictor.render(t) for t in texts]),
+                                                  predictor.label_words, prefix), -1)
+    assert torch.equal(predictor.scores(texts), direct)
+    assert isinstance(predictor.generate(texts[0], max_new_tokens=4), str)
+
+
+def test_prefix_tuning_resumes_bit_identical(backbone, data_dir, tmp_path):
+    common = dict(model=backbone, task="sst2", data_dir=data_dir, shots=2, seed=0, eval_split="dev", eval_limit=4,
+                  steps=4, eval_every=2, batch_size=2, embed_dim=16, hidden=16, progress=False)
+    whole = prompttune.train("prefix-tuning", out=tmp_path / "whole", **common)
+
+    def crash(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prompttune.train("prefix-tuning", out=tmp_path / "cut", callbacks=[crash], **common)
+    resumed = prompttune.train("prefix-tuning", out=tmp_path / "cut", resume=True, **common)
+    a, b = load_file(str(whole.out_dir / ARTIFACT_TENSORS)), load_file(str(resumed.out_dir / ARTIFACT_TENSORS))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
