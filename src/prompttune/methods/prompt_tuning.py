@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 
 from ..evaluation import classification_loss, encode, evaluate_encoded
+from ..models import DeltaPrompt
 from ..prompts import SoftPrompt
 from ..training import Evaluation, TrainConfig, train_prompt
 from .base import Method, MethodResult, RunContext, register
@@ -44,6 +45,10 @@ class PromptTuning(Method):
             prompt.weight.copy_(init)
         return prompt
 
+    def param_groups(self, module: torch.nn.Module) -> list[dict] | None:
+        """Optimizer groups with an `lr_scale` each; None trains everything at `lr`."""
+        return None
+
     def count_trainable(self, model_config) -> int:
         """Trainable parameters with these hyper-parameters on a model with this HF config."""
         cfg: PromptTuningConfig = self.config  # type: ignore[assignment]
@@ -72,13 +77,17 @@ class PromptTuning(Method):
 
         outcome = train_prompt(
             prompt, loss_fn, eval_fn, len(train), cfg, ctx.seed, ctx.out_dir, resume=ctx.resume,
-            progress=ctx.progress, callbacks=ctx.callbacks, fingerprint=ctx.run_fingerprint,
+            progress=ctx.progress, param_groups=self.param_groups(prompt), callbacks=ctx.callbacks,
+            fingerprint=ctx.run_fingerprint,
         )
         prompt.load_state_dict(outcome.best_state)
         with torch.no_grad():
             folded = prompt()
         if torch.is_tensor(folded):
             kind, tensors = "soft", {"prompt": folded.detach().float().cpu()}
+        elif isinstance(folded, DeltaPrompt):
+            kind = "dept"
+            tensors = {"prompt": folded.embeddings.float().cpu(), "input_delta": folded.input_delta.float().cpu()}
         else:  # a deep prompt: per-layer (keys, values)
             kind = "kv"
             tensors = {"keys": torch.stack([k for k, _ in folded]).float().cpu(),
