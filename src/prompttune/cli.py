@@ -245,6 +245,40 @@ def decode(
 
 @app.command()
 @_friendly
+def export(
+    artifact: Annotated[Path, typer.Argument(help="Artifact directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write.")],
+    format: Annotated[str, typer.Option("--format", help="Target format: peft.")] = "peft",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
+) -> None:
+    """Write a learned soft prompt as a HF PEFT adapter (PeftModel.from_pretrained loads it)."""
+    if format != "peft":
+        raise ConfigError(f"--format '{format}' is not supported (supported: peft)")
+    from .export import export_peft
+
+    path = export_peft(artifact, out, model)
+    console.print(f"wrote PEFT prompt-tuning adapter to {path}", highlight=False)
+
+
+@app.command("import")
+@_friendly
+def import_cmd(
+    out: Annotated[Path, typer.Argument(help="Artifact directory to create.")],
+    from_peft: Annotated[Path, typer.Option("--from-peft", help="PEFT prompt-tuning adapter directory.")],
+    task: TaskOpt = "sst2",
+    data_dir: DataDirOpt = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the adapter's "
+                                              "base_model_name_or_path).")] = None,
+) -> None:
+    """Turn a PEFT prompt-tuning adapter into a prompttune artifact for a task's template and verbalizer."""
+    from .export import import_peft
+
+    path = import_peft(from_peft, out, task, data_dir, model)
+    console.print(f"wrote prompttune artifact to {path}", highlight=False)
+
+
+@app.command()
+@_friendly
 def demo(
     model: ModelOpt = "smollm2-135m",
     shots: Annotated[int, typer.Option(help="Training examples per class.")] = 16,
