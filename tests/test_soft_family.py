@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import prompttune
+from helpers import assert_resume_is_bit_identical
 from prompttune.artifact import ARTIFACT_TENSORS
 from prompttune.methods import get_method
 
@@ -46,21 +47,17 @@ def test_lopt_has_fewer_parameters_than_prompt_tuning(backbone):
     assert lopt == 2 * (20 + backbone.hidden_size) and lopt < full / 4
 
 
-def test_p_tuning_lstm_encoder_resumes_bit_identical(backbone, data_dir, tmp_path):
-    common = dict(model=backbone, task="sst2", data_dir=data_dir, shots=2, seed=0, eval_split="dev", eval_limit=4,
-                  steps=4, eval_every=2, batch_size=2, encoder="lstm", encoder_hidden=32, progress=False)
-    whole = prompttune.train("p-tuning", out=tmp_path / "whole", **common)
-
-    def crash(step, loss):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        prompttune.train("p-tuning", out=tmp_path / "cut", callbacks=[crash], **common)
-    resumed = prompttune.train("p-tuning", out=tmp_path / "cut", resume=True, **common)
-    a, b = load_file(str(whole.out_dir / ARTIFACT_TENSORS)), load_file(str(resumed.out_dir / ARTIFACT_TENSORS))
-    assert a.keys() == b.keys() and any(k.startswith("module.lstm") for k in a)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+@pytest.mark.parametrize("method,extra", [
+    ("p-tuning", {"encoder": "lstm", "encoder_hidden": 32}),
+    ("prefix-tuning", {"embed_dim": 16, "hidden": 16}),
+    ("dept", {}),
+])
+def test_resume_is_bit_identical(method, extra, backbone, data_dir, tmp_path):
+    tensors = assert_resume_is_bit_identical(
+        method, tmp_path, crash_after=3, model=backbone, task="sst2", data_dir=data_dir, shots=2, seed=0,
+        eval_split="dev", eval_limit=4, steps=4, eval_every=2, batch_size=2, progress=False, **extra,
+    )
+    assert any(k.startswith("module.") for k in tensors)  # the network is saved beside the folded prompt
 
 
 def test_rank_larger_than_the_prompt_fails_before_training(backbone, data_dir, tmp_path):

@@ -1,0 +1,32 @@
+"""Test helpers shared by several test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import prompttune
+from prompttune.artifact import ARTIFACT_TENSORS
+
+
+def assert_resume_is_bit_identical(method: str, tmp_path: Path, crash_after: int, **train_kwargs) -> dict:
+    """Train uninterrupted, and separately kill the run after step `crash_after` and resume it; the two
+    artifacts must hold identical tensors. Returns them."""
+    whole = prompttune.train(method, out=tmp_path / "whole", **train_kwargs)
+
+    def crash(step, loss):
+        if step == crash_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prompttune.train(method, out=tmp_path / "cut", callbacks=[crash], **train_kwargs)
+    resumed = prompttune.train(method, out=tmp_path / "cut", resume=True, **train_kwargs)
+    a = load_file(str(whole.out_dir / ARTIFACT_TENSORS))
+    b = load_file(str(resumed.out_dir / ARTIFACT_TENSORS))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert whole.meta["history"] == resumed.meta["history"]
+    return a
