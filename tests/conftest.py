@@ -43,6 +43,18 @@ def sst2(data_dir):
 
 
 @pytest.fixture(scope="session")
+def zero_shot_accuracy(backbone, data_dir, tmp_path_factory) -> float:
+    """The floor every learning test must beat: template + verbalizer on the held-out dev sentences."""
+    import prompttune
+    from helpers import HELD_OUT_DEV
+
+    report = prompttune.train("zero-shot", backbone, "sst2", data_dir, shots=16, seed=0,
+                              out=tmp_path_factory.mktemp("zs") / "run", eval_split="dev",
+                              eval_limit=HELD_OUT_DEV, progress=False)
+    return report.test.accuracy
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, backbone) -> Path:
     """A randomly initialised Llama of the real architecture, with SmolLM2's tokenizer: a second,
     different backbone for mismatch tests."""

@@ -11,6 +11,9 @@ from safetensors.torch import load_file
 import prompttune
 from prompttune.artifact import ARTIFACT_TENSORS
 
+# Learning tests score on this many held-out SST-2 dev sentences (the dev shots are left out of them).
+HELD_OUT_DEV = 200
+
 
 def assert_resume_is_bit_identical(method: str, tmp_path: Path, crash_after: int, **train_kwargs) -> dict:
     """Train uninterrupted, and separately kill the run after step `crash_after` and resume it; the two

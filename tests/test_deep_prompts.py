@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 import prompttune
+from helpers import HELD_OUT_DEV
 from prompttune.artifact import ARTIFACT_TENSORS
 from prompttune.prompts.deep import DeepPrompt, PrefixPrompt
 
-HELD_OUT = 200
 TEXTS = ["Review: a gorgeous, witty film\nSentiment:", "Review: bad\nSentiment:", "The capital of France is"]
 
 
@@ -33,18 +33,10 @@ def test_deep_prompt_from_a_soft_prompt_behaves_exactly_like_it(backbone):
     ]
 
 
-@pytest.fixture(scope="module")
-def zero_shot_accuracy(backbone, data_dir, tmp_path_factory):
-    report = prompttune.train("zero-shot", backbone, "sst2", data_dir, shots=16, seed=0,
-                              out=tmp_path_factory.mktemp("zs") / "run", eval_split="dev", eval_limit=HELD_OUT,
-                              progress=False)
-    return report.test.accuracy
-
-
 @pytest.mark.parametrize("method", ["p-tuning-v2", "prefix-tuning"])
 def test_deep_method_beats_zero_shot_and_round_trips(method, backbone, data_dir, tmp_path, zero_shot_accuracy):
     report = prompttune.train(method, backbone, "sst2", data_dir, shots=16, seed=0, out=tmp_path / method,
-                              eval_split="dev", eval_limit=HELD_OUT, steps=32, eval_every=8, progress=False)
+                              eval_split="dev", eval_limit=HELD_OUT_DEV, steps=32, eval_every=8, progress=False)
     print(f"{method}: zero-shot {zero_shot_accuracy:.3f} -> {report.test.accuracy:.3f}")
     assert report.test.accuracy >= zero_shot_accuracy + 0.03
     assert report.meta["prompt_kind"] == "kv"

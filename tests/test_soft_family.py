@@ -7,26 +7,16 @@ import torch
 from safetensors.torch import load_file
 
 import prompttune
-from helpers import assert_resume_is_bit_identical
+from helpers import HELD_OUT_DEV, assert_resume_is_bit_identical
 from prompttune.artifact import ARTIFACT_TENSORS
 from prompttune.methods import get_method
-
-HELD_OUT = 200
-
-
-@pytest.fixture(scope="module")
-def zero_shot_accuracy(backbone, data_dir, tmp_path_factory):
-    report = prompttune.train("zero-shot", backbone, "sst2", data_dir, shots=16, seed=0,
-                              out=tmp_path_factory.mktemp("zs") / "run", eval_split="dev", eval_limit=HELD_OUT,
-                              progress=False)
-    return report.test.accuracy
 
 
 @pytest.mark.parametrize("method", ["residual-prompt-tuning", "lopt", "p-tuning"])
 def test_method_beats_zero_shot_and_folds_into_a_plain_prompt(method, backbone, data_dir, tmp_path,
                                                               zero_shot_accuracy):
     report = prompttune.train(method, backbone, "sst2", data_dir, shots=16, seed=0, out=tmp_path / method,
-                              eval_split="dev", eval_limit=HELD_OUT, steps=32, eval_every=8, progress=False)
+                              eval_split="dev", eval_limit=HELD_OUT_DEV, steps=32, eval_every=8, progress=False)
     print(f"{method}: zero-shot {zero_shot_accuracy:.3f} -> {report.test.accuracy:.3f}")
     assert report.test.accuracy >= zero_shot_accuracy + 0.03
     # the artifact's plain prompt is exactly what the trained network produces
@@ -86,7 +76,7 @@ def test_dept_input_update_is_placed_by_token_position(backbone):
 
 def test_dept_beats_zero_shot_and_saves_both_parts(backbone, data_dir, tmp_path, zero_shot_accuracy):
     report = prompttune.train("dept", backbone, "sst2", data_dir, shots=16, seed=0, out=tmp_path / "dept",
-                              eval_split="dev", eval_limit=HELD_OUT, steps=32, eval_every=8, progress=False)
+                              eval_split="dev", eval_limit=HELD_OUT_DEV, steps=32, eval_every=8, progress=False)
     print(f"dept: zero-shot {zero_shot_accuracy:.3f} -> {report.test.accuracy:.3f}")
     assert report.test.accuracy >= zero_shot_accuracy + 0.03
     assert report.meta["prompt_kind"] == "dept"
