@@ -24,8 +24,8 @@ def kv_shape(model_config) -> tuple[int, int, int]:
 
 
 def _stack(prefix: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    keys = torch.stack([k.detach().float() for k, _ in prefix])  # (layers, kv_heads, n_tokens, head_dim)
-    values = torch.stack([v.detach().float() for _, v in prefix])
+    keys = torch.stack([k.detach().float().cpu() for k, _ in prefix])  # (layers, kv_heads, n_tokens, head_dim)
+    values = torch.stack([v.detach().float().cpu() for _, v in prefix])
     return keys, values
 
 
