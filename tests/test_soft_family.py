@@ -40,7 +40,6 @@ def test_lopt_has_fewer_parameters_than_prompt_tuning(backbone):
 @pytest.mark.parametrize("method,extra", [
     ("p-tuning", {"encoder": "lstm", "encoder_hidden": 32}),
     ("prefix-tuning", {"embed_dim": 16, "hidden": 16}),
-    ("dept", {}),
 ])
 def test_resume_is_bit_identical(method, extra, backbone, data_dir, tmp_path):
     tensors = assert_resume_is_bit_identical(
@@ -55,34 +54,3 @@ def test_rank_larger_than_the_prompt_fails_before_training(backbone, data_dir, t
         prompttune.train("lopt", backbone, "sst2", data_dir, shots=2, out=tmp_path / "x", rank=30, progress=False)
     assert not (tmp_path / "x").exists()
 
-
-@torch.no_grad()
-def test_dept_input_update_is_placed_by_token_position(backbone):
-    from prompttune.models import DeltaPrompt
-
-    texts = ["Review: a gorgeous, witty film\nSentiment:", "Review: bad\nSentiment:"]
-    ids = backbone.tokenize(texts)
-    labels = backbone.label_words([[" negative"], [" positive"]])
-    soft = backbone.embed(torch.arange(100, 110)).detach()
-    delta = torch.randn(6, backbone.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.05
-    plain = backbone.score(ids, labels, soft)
-    assert torch.equal(backbone.score(ids, labels, DeltaPrompt(soft, torch.zeros_like(delta))), plain)
-    packed = backbone.score(ids, labels, DeltaPrompt(soft, delta))
-    assert (packed - plain).abs().max() > 0.1  # the update is really applied
-    for side in ("left", "right"):  # and lands on the same tokens through the padded path
-        padded = backbone.score_padded(ids, labels, DeltaPrompt(soft, delta), padding_side=side)
-        assert torch.allclose(packed, padded, atol=1e-4)
-
-
-def test_dept_beats_zero_shot_and_saves_both_parts(backbone, data_dir, tmp_path, zero_shot_accuracy):
-    report = prompttune.train("dept", backbone, "sst2", data_dir, shots=16, seed=0, out=tmp_path / "dept",
-                              eval_split="dev", eval_limit=HELD_OUT_DEV, steps=32, eval_every=8, progress=False)
-    print(f"dept: zero-shot {zero_shot_accuracy:.3f} -> {report.test.accuracy:.3f}")
-    assert report.test.accuracy >= zero_shot_accuracy + 0.03
-    assert report.meta["prompt_kind"] == "dept"
-    tensors = load_file(str(tmp_path / "dept" / ARTIFACT_TENSORS))
-    assert tensors["prompt"].shape == (10, backbone.hidden_size)
-    assert tensors["input_delta"].shape == (256, backbone.hidden_size) and tensors["input_delta"].abs().sum() > 0
-    assert report.meta["trainable_parameters"] == 10 * 576 + 6 * (256 + 576)
-    predictor = prompttune.load(tmp_path / "dept", model=backbone)
-    assert predictor.predict(["a gorgeous, witty film"])[0] in ("0", "1")

@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import ArtifactError, ConfigError
-from .models import CausalLMBackbone, DeltaPrompt, load_backbone
+from .models import CausalLMBackbone, load_backbone
 from .utils.io import atomic_save_tensors, atomic_write_json
 
 ARTIFACT_JSON = "prompt.json"
 ARTIFACT_TENSORS = "prompt.safetensors"
 FORMAT_VERSION = 1
-PROMPT_KINDS = ("none", "soft", "kv", "dept")
+PROMPT_KINDS = ("none", "soft", "kv")
 
 
 def write_artifact(out_dir: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -70,8 +70,6 @@ def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=N
     """What `backbone.score` takes for an artifact: None, soft embeddings, or per-layer (keys, values)."""
     if kind == "soft":
         return tensors["prompt"].to(device)
-    if kind == "dept":
-        return DeltaPrompt(tensors["prompt"].to(device), tensors["input_delta"].to(device))
     if kind == "kv":
         return list(zip(tensors["keys"].to(device), tensors["values"].to(device), strict=True))
     return None

@@ -38,12 +38,9 @@ def export_peft(artifact: str | Path, out: str | Path, model: str | None = None)
     peft = _peft()
     meta, tensors = read_artifact(artifact)
     kind = meta["prompt_kind"]
-    if kind == "dept" and tensors["input_delta"].abs().max() == 0:
-        kind = "soft"  # a DePT prompt whose input update is zero is exactly a plain prompt
     if kind != "soft":
         why = {
             "none": "it learned nothing (zero-shot)",
-            "dept": "DePT's update of the input embeddings has no PEFT equivalent",
             "kv": "deep key/value prompts are not exported yet (only soft prompts are)",
         }.get(kind, f"prompt kind '{kind}'")
         raise ArtifactError(f"{artifact} ({meta['method']}) cannot be exported to PEFT: {why}")

@@ -1,7 +1,6 @@
 """Prompt-learning methods. Importing a method's module registers it; add one line per new method."""
 
 from . import (  # noqa: F401  (registration: one line per method)
-    dept,
     lopt,
     p_tuning,
     p_tuning_v2,

@@ -44,8 +44,7 @@ class RunContext:
 class MethodResult:
     """What a method learned. `prompt_kind` says how `tensors` are applied at inference:
     "none" (the template alone), "soft" (tensor "prompt", (n_tokens, hidden) input embeddings) or
-    "kv" (tensors "keys" and "values", (layers, kv_heads, n_tokens, head_dim): a deep prompt) or
-    "dept" (tensors "prompt" and "input_delta", (max_length, hidden), added to input tokens by position)."""
+    "kv" (tensors "keys" and "values", (layers, kv_heads, n_tokens, head_dim): a deep prompt)."""
 
     prompt_kind: str
     tensors: dict[str, torch.Tensor]

@@ -13,7 +13,6 @@ import torch
 from pydantic import Field
 
 from ..evaluation import classification_loss, encode, evaluate_encoded
-from ..models import DeltaPrompt
 from ..prompts import SoftPrompt
 from ..training import Evaluation, TrainConfig, train_prompt
 from .base import Method, MethodResult, RunContext, register
@@ -85,9 +84,6 @@ class PromptTuning(Method):
             folded = prompt()
         if torch.is_tensor(folded):
             kind, tensors = "soft", {"prompt": folded.detach().float().cpu()}
-        elif isinstance(folded, DeltaPrompt):
-            kind = "dept"
-            tensors = {"prompt": folded.embeddings.float().cpu(), "input_delta": folded.input_delta.float().cpu()}
         else:  # a deep prompt: per-layer (keys, values)
             kind = "kv"
             tensors = {"keys": torch.stack([k for k, _ in folded]).float().cpu(),

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..errors import ModelError
@@ -48,17 +49,8 @@ class LabelWords:
         return len(self.words)
 
 
-@dataclass
-class DeltaPrompt:
-    """A soft prompt plus an additive update of the input tokens' embeddings by position (DePT):
-    the k-th token of every example gets `input_delta[k]` added, for k < len(input_delta)."""
-
-    embeddings: torch.Tensor  # (n_tokens, hidden)
-    input_delta: torch.Tensor  # (max_positions, hidden)
-
-
 Prefix = Sequence[tuple[torch.Tensor, torch.Tensor]]
-PromptInput = torch.Tensor | DeltaPrompt | Prefix | None
+PromptInput = torch.Tensor | Prefix | None
 
 
 class CausalLMBackbone:
@@ -171,9 +163,6 @@ class CausalLMBackbone:
         """
         if len(token_ids) == 0:
             return torch.zeros(0, labels.num_classes)
-        delta = None
-        if isinstance(prompt, DeltaPrompt):
-            prompt, delta = prompt.embeddings, prompt.input_delta
         deep = prompt is not None and not torch.is_tensor(prompt)
         shared = deep or (prompt is not None and self.share_prompt_prefix)
         inline = prompt.shape[0] if prompt is not None and not shared else 0
@@ -181,13 +170,8 @@ class CausalLMBackbone:
         n_prefix = (prompt[0][0].shape[-2] if deep else prompt.shape[0]) if shared else 0
         slots = layout.ids < 0  # inline prompt slots hold -(k+1) for prompt vector k
         embeds = self.embed(layout.ids.clamp(min=0))
-        if delta is not None:
-            index = layout.positions - inline  # each token's place in its own example
-            own = (layout.ids >= 0) & (layout.branch == 0) & (layout.unit >= 0) & (index < delta.shape[0])
-            update = delta.to(self.device, self.dtype)[index.clamp(0, delta.shape[0] - 1).to(self.device)]
-            embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
         if inline:
-            vectors = prompt.to(self.device, self.dtype)[(-layout.ids - 1).clamp(min=0).to(self.device)]
+            vectors = _rows(prompt.to(self.device, self.dtype), (-layout.ids - 1).clamp(min=0).to(self.device))
             embeds = torch.where(slots.to(self.device)[..., None], vectors, embeds)
         mask = layout.attention_mask(n_prefix, self.dtype).to(self.device)
         positions = (layout.positions + n_prefix).to(self.device)
@@ -225,8 +209,7 @@ class CausalLMBackbone:
 
     # ------------------------------------------------------------------ padded path
     def padded_inputs(
-        self, token_ids: Sequence[Sequence[int]], prompt: torch.Tensor | DeltaPrompt | None = None,
-        padding_side: str = "left",
+        self, token_ids: Sequence[Sequence[int]], prompt: torch.Tensor | None = None, padding_side: str = "left",
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs_embeds, attention_mask, position_ids, answer_index) for a padded batch.
 
@@ -244,12 +227,6 @@ class CausalLMBackbone:
             ids[i, sl] = torch.tensor(x, dtype=torch.long)
             mask[i, sl] = 1
         embeds = self.embed(ids)
-        if isinstance(prompt, DeltaPrompt):
-            delta, prompt = prompt.input_delta.to(self.device, self.dtype), prompt.embeddings
-            index = (mask.cumsum(1) - 1).clamp(min=0)
-            own = (mask == 1) & (index < delta.shape[0])
-            update = delta[index.clamp(max=delta.shape[0] - 1).to(self.device)]
-            embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
         n_prompt = 0
         if prompt is not None:
             n_prompt = prompt.shape[0]
@@ -315,7 +292,7 @@ class CausalLMBackbone:
         """Continue each text with the prompt in place (left padding, KV cache), greedy by default."""
         if not texts:
             return []
-        if prompt is not None and not torch.is_tensor(prompt) and not isinstance(prompt, DeltaPrompt):
+        if prompt is not None and not torch.is_tensor(prompt):
             return self._generate_with_prefix(texts, prompt, max_new_tokens, **kwargs)
         embeds, mask, _, _ = self.padded_inputs(self.tokenize(texts), prompt, padding_side="left")
         kwargs.setdefault("do_sample", False)
@@ -371,6 +348,12 @@ class CausalLMBackbone:
             positions = positions[:, -1:] + 1
         tokens = torch.stack(out_tokens, 1).cpu().tolist()
         return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+
+def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`table[index]` through a one-hot matmul: its gradient is a matmul too, so it is deterministic,
+    where indexing's scatter-add backward is not (repeated indices, several threads)."""
+    return F.one_hot(index, table.shape[0]).to(table.dtype) @ table
 
 
 def _class_scores(word_scores: torch.Tensor, labels: LabelWords) -> torch.Tensor:

@@ -86,22 +86,3 @@ class PromptEncoderPrompt(nn.Module):
             x = self.lstm(x[None])[0][0]
         return self.head(x)
 
-
-class DecomposedPrompt(nn.Module):
-    """DePT (Shi & Lipani, 2023): a shorter soft prompt plus a low-rank update A @ B of the input
-    tokens' embeddings by position (A: max_length x rank, B: rank x hidden; B starts at zero, so
-    training starts from the plain shorter prompt)."""
-
-    kind = "dept"
-
-    def __init__(self, init: torch.Tensor, max_length: int, rank: int):
-        super().__init__()
-        hidden = init.shape[1]
-        self.weight = nn.Parameter(init.detach().float().clone())
-        self.a = nn.Parameter(torch.randn(max_length, rank) / rank**0.5)
-        self.b = nn.Parameter(torch.zeros(rank, hidden))
-
-    def forward(self):
-        from ..models import DeltaPrompt
-
-        return DeltaPrompt(self.weight, self.a @ self.b)
