@@ -13,7 +13,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .artifact import ARTIFACT_JSON, check_backbone, load, prompt_from_tensors, read_artifact, write_artifact
+from .artifact import (
+    ARTIFACT_JSON,
+    backbone_meta,
+    check_backbone,
+    load,
+    prompt_from_tensors,
+    read_artifact,
+    task_meta,
+    write_artifact,
+)
 from .errors import ConfigError
 from .evaluation import EvalResult, encode, evaluate_encoded
 from .methods import RunContext, get_method
@@ -124,12 +133,8 @@ def train(
         "prompt_kind": result.prompt_kind,
         "hyperparameters": config,
         "trainable_parameters": result.trainable_parameters,
-        "backbone": {"id": backbone.model_id, "fingerprint": backbone.fingerprint,
-                     "class": type(backbone.model).__name__, "hidden_size": backbone.hidden_size,
-                     "dtype": str(backbone.dtype).removeprefix("torch.")},
-        "task": {"name": task_obj.name, "source": task_obj.origin, "template": task_obj.spec.template,
-                 "fields": task_obj.spec.fields, "input_fields": task_obj.spec.input_fields,
-                 "verbalizer": task_obj.spec.verbalizer},
+        "backbone": backbone_meta(backbone),
+        "task": task_meta(task_obj),
         "data": {"shots": shots, "dev_shots": dev_shots or shots, "seed": seed, "train_size": len(fewshot.train),
                  "dev_size": len(fewshot.dev), "eval_split": split, "eval_size": len(test_examples)},
         # "dev": the k-shot dev set used for selection; "eval": the held-out examples of `eval_split`

@@ -57,6 +57,19 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     return meta, tensors
 
 
+def backbone_meta(backbone: CausalLMBackbone) -> dict[str, Any]:
+    """What an artifact records of its backbone; `fingerprint` is what loading checks."""
+    return {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "class": type(backbone.model).__name__,
+            "hidden_size": backbone.hidden_size, "dtype": str(backbone.dtype).removeprefix("torch.")}
+
+
+def task_meta(task) -> dict[str, Any]:
+    """What an artifact records of its task: enough to render inputs and read labels without the data."""
+    spec = task.spec
+    return {"name": task.name, "source": task.origin, "template": spec.template, "fields": spec.fields,
+            "input_fields": spec.input_fields, "verbalizer": spec.verbalizer}
+
+
 def check_backbone(meta: Mapping[str, Any], backbone: CausalLMBackbone, where: str) -> None:
     want = meta["backbone"]
     if want.get("fingerprint") != backbone.fingerprint:

@@ -226,20 +226,19 @@ def decode(
     predictor = load_artifact(artifact, model)
     if not torch.is_tensor(predictor.prompt):
         raise ConfigError(f"{artifact} holds a '{predictor.meta['prompt_kind']}' prompt, not soft vectors")
+    from .prompts import nearest_tokens
+
     bb = predictor.backbone
-    table_emb = torch.nn.functional.normalize(bb.model.get_input_embeddings().weight.float(), dim=-1)
-    vectors = torch.nn.functional.normalize(predictor.prompt.float().to(table_emb.device), dim=-1)
-    sims, ids = (vectors @ table_emb.T).topk(top_k, dim=-1)
+    rows = nearest_tokens(bb, predictor.prompt, top_k)
     console.print(f"{artifact} ({predictor.meta['method']}, {bb.model_id})", highlight=False)
-    table = Table(title=f"nearest tokens of {len(ids)} prompt vectors")
+    table = Table(title=f"nearest tokens of {len(rows)} prompt vectors")
     table.add_column("#", justify="right")
     table.add_column("norm", justify="right")
     for k in range(top_k):
         table.add_column(f"token {k + 1} (cos)")
     norms = predictor.prompt.float().norm(dim=-1).tolist()
-    for i, (row_ids, row_sims) in enumerate(zip(ids.tolist(), sims.tolist(), strict=True)):
-        cells = [f"{bb.tokenizer.decode([t])!r} ({s:.2f})" for t, s in zip(row_ids, row_sims, strict=True)]
-        table.add_row(str(i), f"{norms[i]:.2f}", *cells)
+    for i, row in enumerate(rows):
+        table.add_row(str(i), f"{norms[i]:.2f}", *(f"{token!r} ({sim:.2f})" for token, sim in row))
     console.print(table)
 
 
@@ -311,7 +310,7 @@ def demo(
 
     predictor = load_artifact(out, model=backbone)
     assert predictor.prompt is not None
-    words = " ".join(repr(t) for t in nearest_tokens(backbone, predictor.prompt))
+    words = " ".join(repr(row[0][0]) for row in nearest_tokens(backbone, predictor.prompt))
     console.print(f"learned: {predictor.prompt.shape[0]} prompt vectors; nearest vocabulary tokens: {words}",
                   highlight=False)
     samples = ["I love my new phone, the camera is amazing", "worst customer service ever, never again",

@@ -9,7 +9,6 @@ a run resumed from a checkpoint ends bit-identical to one that never stopped.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +201,4 @@ def _load_checkpoint(path, module, optimizer, fingerprint):
     }
     optimizer.load_state_dict(state_dict)
     best = Evaluation(meta["best_accuracy"], meta["best_loss"])
-    if math.isnan(best.loss):
-        best = Evaluation(best.accuracy, float("inf"))
     return meta["step"], best, meta["best_step"], best_state, meta["history"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..artifact import check_backbone, read_artifact, write_artifact
+from ..artifact import backbone_meta, check_backbone, read_artifact, task_meta, write_artifact
 from ..errors import ArtifactError, ConfigError
 from ..models import load_backbone
 from ..tasks import load_task
@@ -95,12 +95,7 @@ def import_peft(adapter: str | Path, out: str | Path, task: str, data_dir: str |
     meta = {
         "method": "prompt-tuning", "prompt_kind": "soft", "hyperparameters": {"n_tokens": prompt.shape[0]},
         "trainable_parameters": prompt.numel(),
-        "backbone": {"id": backbone.model_id, "fingerprint": backbone.fingerprint,
-                     "class": type(backbone.model).__name__, "hidden_size": backbone.hidden_size,
-                     "dtype": "float32"},
-        "task": {"name": task_obj.name, "source": task_obj.origin, "template": task_obj.spec.template,
-                 "fields": task_obj.spec.fields, "input_fields": task_obj.spec.input_fields,
-                 "verbalizer": task_obj.spec.verbalizer},
+        "backbone": backbone_meta(backbone), "task": task_meta(task_obj),
         "metrics": {}, "history": [], "info": {"imported_from": str(adapter_dir.resolve())},
         "versions": package_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -63,9 +63,11 @@ class SoftPrompt(nn.Module):
         return prompt.to(backbone.device)
 
 
-def nearest_tokens(backbone: CausalLMBackbone, vectors: torch.Tensor) -> list[str]:
-    """The vocabulary token closest (cosine) to each prompt vector: a readable view of a soft prompt."""
+def nearest_tokens(backbone: CausalLMBackbone, vectors: torch.Tensor, k: int = 1) -> list[list[tuple[str, float]]]:
+    """The k vocabulary tokens closest (cosine) to each prompt vector, with their similarity: a
+    readable view of a soft prompt."""
     table = torch.nn.functional.normalize(backbone.model.get_input_embeddings().weight.float(), dim=-1)
     query = torch.nn.functional.normalize(vectors.to(table.device).float(), dim=-1)
-    ids = (query @ table.T).argmax(-1).tolist()
-    return [backbone.tokenizer.decode([i]) for i in ids]
+    sims, ids = (query @ table.T).topk(k, dim=-1)
+    return [[(backbone.tokenizer.decode([i]), s) for i, s in zip(row_ids, row_sims, strict=True)]
+            for row_ids, row_sims in zip(ids.tolist(), sims.tolist(), strict=True)]
