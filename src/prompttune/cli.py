@@ -64,7 +64,7 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m, gemma3-270m), "
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m, gemma3-270m, minilm-l6), "
                                        "local model directory, .gguf file, or Hugging Face hub id.")]
 TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task (sst2, trec, rte, agnews, tweets) "
                                       "or a task YAML file.")]
@@ -189,13 +189,15 @@ def methods(
     """List the registered methods with a one-line description and their hyper-parameters."""
     from .methods import available_methods
 
-    model_config = None
+    model_config, model_kind = None, None
     if model is not None:
         from transformers import AutoConfig
 
+        from .models.encoder import is_encoder_config
         from .models.loading import resolve_model_source
 
         model_config = AutoConfig.from_pretrained(resolve_model_source(model)[0])
+        model_kind = "encoder" if is_encoder_config(model_config) else "causal-lm"
     table = Table(title="prompttune methods" + (f" (trainable parameters for {model})" if model else ""))
     table.add_column("method", style="bold")
     table.add_column("description")
@@ -203,12 +205,16 @@ def methods(
         table.add_column("trainable", justify="right")
     table.add_column("hyper-parameters (default)")
     for name, cls in available_methods().items():
-        fields = ", ".join(f"{k}={f.default}" for k, f in cls.Config.model_fields.items())
+        fields = ", ".join(f"{k}=<required>" if f.is_required() else f"{k}={f.default}"
+                           for k, f in cls.Config.model_fields.items())
         row = [name, cls.description]
         if model_config is not None:
-            method = cls.from_params({})
-            count = method.count_trainable(model_config) if hasattr(method, "count_trainable") else 0
-            row.append(f"{count:,}")
+            method = cls(cls.Config.model_construct())  # defaults, even where a field is required
+            if model_kind not in cls.backbone_kinds:
+                row.append(f"- (needs {' or '.join(cls.backbone_kinds)})")
+            else:
+                count = method.count_trainable(model_config) if hasattr(method, "count_trainable") else 0
+                row.append(f"{count:,}")
         table.add_row(*row, fields or "-")
     console.print(table)
 
@@ -240,6 +246,32 @@ def decode(
     for i, row in enumerate(rows):
         table.add_row(str(i), f"{norms[i]:.2f}", *(f"{token!r} ({sim:.2f})" for token, sim in row))
     console.print(table)
+
+
+@app.command("transfer-score")
+@_friendly
+def transfer_score_cmd(
+    source: Annotated[Path, typer.Argument(help="Artifact directory with a soft prompt.")],
+    target: Annotated[Path, typer.Argument(help="Another one, on the same backbone.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
+) -> None:
+    """How transferable two soft prompts are: cosine of the prompts and of the model's activations.
+
+    Last line: prompt_cosine=<c> token_cosine=<c> activation_cosine=<c>."""
+    from .artifact import load as load_artifact
+    from .methods.prompt_transfer import load_source_prompt, transfer_score
+
+    first = load_artifact(source, model)
+    _, a = load_source_prompt(source, first.backbone, "transfer-score")
+    _, b = load_source_prompt(target, first.backbone, "transfer-score")
+    scores = transfer_score(a, b, first.backbone)
+    table = Table(title=f"transferability {source} -> {target}")
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    for key, value in scores.items():
+        table.add_row(key, f"{value:.4f}")
+    console.print(table)
+    print(" ".join(f"{k}={v:.4f}" for k, v in scores.items()))
 
 
 @app.command()

@@ -30,6 +30,7 @@ from .errors import ArtifactError
 from .utils.io import atomic_save_tensors
 
 CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINTS = "checkpoint*.safetensors"  # multi-phase methods keep one per phase
 
 
 class TrainConfig(BaseModel):
@@ -99,6 +100,7 @@ def train_prompt(
     param_groups: list[dict[str, Any]] | None = None,
     callbacks: Sequence[Callable[[int, float], None]] = (),
     fingerprint: str = "",
+    checkpoint: str = CHECKPOINT,
 ) -> TrainOutcome:
     """Train `module`'s parameters to minimise `loss_fn(batch indices)`, keeping the best on dev.
 
@@ -111,7 +113,7 @@ def train_prompt(
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     trainable = [p for g in groups for p in g["params"]]
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
-    ckpt_path = checkpoint_dir / CHECKPOINT
+    ckpt_path = checkpoint_dir / checkpoint
 
     step, history = 0, []
     best: Evaluation | None = None

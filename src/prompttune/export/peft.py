@@ -33,32 +33,62 @@ def _peft():
     return peft
 
 
+def kv_to_peft_rows(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(layers, kv_heads, n, head_dim) keys and values -> PEFT prefix-tuning rows (n, layers*2*kv_heads*head_dim),
+    in the order PEFT's `get_prompt` unpacks them: per token, layer-major, key before value."""
+    n = keys.shape[2]
+    return torch.stack([keys, values], 1).permute(3, 0, 1, 2, 4).reshape(n, -1)
+
+
+def peft_rows_to_kv(rows: torch.Tensor, layers: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = rows.shape[0]
+    kv = rows.reshape(n, layers, 2, kv_heads, -1).permute(1, 2, 3, 0, 4)  # (layers, 2, heads, n, head_dim)
+    return kv[:, 0].contiguous(), kv[:, 1].contiguous()
+
+
 def export_peft(artifact: str | Path, out: str | Path, model: str | None = None) -> Path:
-    """Write the artifact's prompt as a PEFT prompt-tuning adapter directory."""
+    """Write the artifact's prompt as a PEFT adapter directory: a soft prompt (prompt tuning and every
+    method whose folded result is a plain prompt: residual, LoPT, P-tuning, XPrompt, transfer, ...)
+    as PROMPT_TUNING, a deep key/value prompt (prefix-tuning, P-tuning v2) as PREFIX_TUNING."""
     peft = _peft()
     meta, tensors = read_artifact(artifact)
     kind = meta["prompt_kind"]
-    if kind != "soft":
+    if kind == "dept" and tensors["input_delta"].abs().max() == 0:
+        kind = "soft"  # a DePT prompt whose input update is zero is exactly a plain prompt
+    if kind not in ("soft", "kv"):
         why = {
             "none": "it learned nothing (zero-shot)",
-            "kv": "deep key/value prompts are not exported yet (only soft prompts are)",
+            "dept": "DePT's update of the input embeddings has no PEFT equivalent",
+            "instance": "an input-dependent prompt generator has no PEFT equivalent",
+            "encoder-head": "PEFT prompt adapters carry no classification head",
         }.get(kind, f"prompt kind '{kind}'")
         raise ArtifactError(f"{artifact} ({meta['method']}) cannot be exported to PEFT: {why}")
     backbone = load_backbone(model or meta["backbone"]["id"], device="cpu", dtype="float32")
     check_backbone(meta, backbone, f"artifact {artifact}")
-    prompt = tensors["prompt"]
     config = backbone.model.config
-    peft_config = peft.PromptTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=prompt.shape[0], token_dim=prompt.shape[1],
-        num_transformer_submodules=1, num_attention_heads=config.num_attention_heads,
-        num_layers=config.num_hidden_layers, base_model_name_or_path=backbone.model.name_or_path,
-    )
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(backbone.model.name_or_path, dtype=torch.float32)
+    if kind == "soft":
+        weight = tensors["prompt"]
+        peft_config = peft.PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=weight.shape[0], token_dim=weight.shape[1],
+            num_transformer_submodules=1, num_attention_heads=config.num_attention_heads,
+            num_layers=config.num_hidden_layers, base_model_name_or_path=backbone.model.name_or_path,
+        )
+    else:
+        weight = kv_to_peft_rows(tensors["keys"], tensors["values"])
+        peft_config = peft.PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=weight.shape[0], prefix_projection=False,
+            base_model_name_or_path=backbone.model.name_or_path,
+        )
     wrapped = peft.get_peft_model(base, peft_config)
+    table = wrapped.prompt_encoder["default"].embedding.weight
+    if table.shape != weight.shape:
+        raise ArtifactError(f"{artifact}: PEFT expects a prompt table of shape {tuple(table.shape)} for this model, "
+                            f"the artifact gives {tuple(weight.shape)}")
     with torch.no_grad():
-        wrapped.prompt_encoder["default"].embedding.weight.copy_(prompt)
+        table.copy_(weight)
     out_dir = Path(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
@@ -77,27 +107,41 @@ def import_peft(adapter: str | Path, out: str | Path, task: str, data_dir: str |
     if not config_path.exists():
         raise ArtifactError(f"{adapter_dir}: no adapter_config.json, so not a PEFT adapter directory")
     config = json.loads(config_path.read_text())
-    if config.get("peft_type") != "PROMPT_TUNING":
-        raise ArtifactError(f"{config_path}: peft_type '{config.get('peft_type')}' is not importable "
-                            "(only PROMPT_TUNING adapters are)")
+    peft_type = config.get("peft_type")
+    if peft_type not in ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"):
+        raise ArtifactError(f"{config_path}: peft_type '{peft_type}' is not importable "
+                            "(PROMPT_TUNING, P_TUNING and PREFIX_TUNING adapters are)")
     weights_path = adapter_dir / "adapter_model.safetensors"
     if not weights_path.exists():
         raise ArtifactError(f"{adapter_dir}: no adapter_model.safetensors (pickled .bin adapters are refused)")
     weights = load_file(str(weights_path))
     if "prompt_embeddings" not in weights:
         raise ArtifactError(f"{weights_path}: no 'prompt_embeddings' tensor")
-    prompt = weights["prompt_embeddings"].float()
+    rows = weights["prompt_embeddings"].float()
     task_obj = load_task(task, data_dir)
     backbone = load_backbone(model or config.get("base_model_name_or_path") or "", device="cpu", dtype="float32")
-    if prompt.shape[1] != backbone.hidden_size:
-        raise ArtifactError(f"{weights_path}: prompt width {prompt.shape[1]} does not match the model's hidden "
-                            f"size {backbone.hidden_size}")
+    if peft_type == "PREFIX_TUNING":
+        from ..prompts.deep import kv_shape
+
+        layers, kv_heads, head_dim = kv_shape(backbone.model.config)
+        if rows.shape[1] != layers * 2 * kv_heads * head_dim:
+            raise ArtifactError(f"{weights_path}: prefix width {rows.shape[1]} does not fit the model "
+                                f"({layers} layers x 2 x {kv_heads} kv heads x {head_dim}); was it saved with "
+                                "prefix_projection and without its folded prefix?")
+        keys, values = peft_rows_to_kv(rows, layers, kv_heads)
+        method, kind, tensors = "prefix-tuning", "kv", {"keys": keys, "values": values}
+    else:
+        if rows.shape[1] != backbone.hidden_size:
+            raise ArtifactError(f"{weights_path}: prompt width {rows.shape[1]} does not match the model's hidden "
+                                f"size {backbone.hidden_size}")
+        # PEFT saves a P-tuning adapter's encoder *output*, so both kinds are plain soft prompts here.
+        method, kind, tensors = "prompt-tuning", "soft", {"prompt": rows}
     meta = {
-        "method": "prompt-tuning", "prompt_kind": "soft", "hyperparameters": {"n_tokens": prompt.shape[0]},
-        "trainable_parameters": prompt.numel(),
+        "method": method, "prompt_kind": kind, "hyperparameters": {"n_tokens": rows.shape[0]},
+        "trainable_parameters": rows.numel(),
         "backbone": backbone_meta(backbone), "task": task_meta(task_obj),
-        "metrics": {}, "history": [], "info": {"imported_from": str(adapter_dir.resolve())},
+        "metrics": {}, "history": [], "info": {"imported_from": str(adapter_dir.resolve()), "peft_type": peft_type},
         "versions": package_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_artifact(Path(out), {"prompt": prompt}, meta)
+    write_artifact(Path(out), tensors, meta)
     return Path(out)

@@ -1,12 +1,18 @@
 """Prompt-learning methods. Importing a method's module registers it; add one line per new method."""
 
 from . import (  # noqa: F401  (registration: one line per method)
+    dept,
+    fine_tune_head,
+    instance_prompt,
     lopt,
+    multitask_prompt_tuning,
     p_tuning,
     p_tuning_v2,
     prefix_tuning,
+    prompt_transfer,
     prompt_tuning,
     residual_prompt_tuning,
+    xprompt,
     zero_shot,
 )
 from .base import Method, MethodConfig, MethodResult, RunContext, available_methods, get_method, register

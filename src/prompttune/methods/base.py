@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ConfigError
-from ..models import CausalLMBackbone, LabelWords
+from ..models import Backbone, LabelWords
 from ..tasks import FewShot, Task
 
 
@@ -28,7 +28,7 @@ class MethodConfig(BaseModel):
 
 @dataclass
 class RunContext:
-    backbone: CausalLMBackbone
+    backbone: Backbone
     task: Task
     data: FewShot
     labels: LabelWords
@@ -37,6 +37,7 @@ class RunContext:
     resume: bool = False
     progress: bool = True
     run_fingerprint: str = ""
+    data_dir: Path | None = None  # where task data paths resolve (methods that read other tasks need it)
     callbacks: list[Callable[[int, float], None]] = field(default_factory=list)
 
 
@@ -44,7 +45,8 @@ class RunContext:
 class MethodResult:
     """What a method learned. `prompt_kind` says how `tensors` are applied at inference:
     "none" (the template alone), "soft" (tensor "prompt", (n_tokens, hidden) input embeddings) or
-    "kv" (tensors "keys" and "values", (layers, kv_heads, n_tokens, head_dim): a deep prompt)."""
+    "kv" (tensors "keys" and "values", (layers, kv_heads, n_tokens, head_dim): a deep prompt) or
+    "dept" (tensors "prompt" and "input_delta", (max_length, hidden), added to input tokens by position)."""
 
     prompt_kind: str
     tensors: dict[str, torch.Tensor]
@@ -57,6 +59,7 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    backbone_kinds: ClassVar[tuple[str, ...]] = ("causal-lm",)  # which backbones it can train on
 
     def __init__(self, config: MethodConfig):
         self.config = config

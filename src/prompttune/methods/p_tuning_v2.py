@@ -18,6 +18,7 @@ class PTuningV2(PromptTuning):
     Config = PromptTuningConfig
 
     def build_prompt(self, init: torch.Tensor) -> torch.nn.Module:
+        self.backbone.check_prefix_support(f"method '{self.name}'")
         return DeepPrompt(self.backbone.prefix_from_embeddings(init))
 
     def count_trainable(self, model_config) -> int:

@@ -26,6 +26,7 @@ class PrefixTuning(PromptTuning):
 
     def build_prompt(self, init: torch.Tensor) -> torch.nn.Module:
         cfg: PrefixTuningConfig = self.config  # type: ignore[assignment]
+        self.backbone.check_prefix_support(f"method '{self.name}'")
         return PrefixPrompt(self.backbone.prefix_from_embeddings(init), cfg.embed_dim, cfg.hidden)
 
     def count_trainable(self, model_config) -> int:

@@ -9,6 +9,7 @@ from .base import Method, MethodResult, RunContext, register
 class ZeroShot(Method):
     name = "zero-shot"
     description = "Template and verbalizer only, nothing learned: the baseline every method must beat."
+    backbone_kinds = ("causal-lm", "encoder")  # an encoder's zero-shot: the nearest label word by cosine
 
     def fit(self, ctx: RunContext) -> MethodResult:
         return MethodResult(prompt_kind="none", tensors={}, trainable_parameters=0)

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from .loading import resolve_device, resolve_dtype, resolve_model_source, weight_fingerprint
 
 
@@ -49,8 +50,33 @@ class LabelWords:
         return len(self.words)
 
 
+@dataclass
+class DeltaPrompt:
+    """A soft prompt plus an additive update of the input tokens' embeddings by position (DePT):
+    the k-th token of every example gets `input_delta[k]` added, for k < len(input_delta)."""
+
+    embeddings: torch.Tensor  # (n_tokens, hidden)
+    input_delta: torch.Tensor  # (max_positions, hidden)
+
+
+def tokenize_label_words(tokenizer, words_per_class: Sequence[Sequence[str]],
+                         names: Sequence[str] | None = None) -> LabelWords:
+    """Token ids of every verbalizer word (no special tokens); a word that tokenizes to nothing is an error."""
+    out = []
+    for c, words in enumerate(words_per_class):
+        toks = []
+        for w in words:
+            ids = tuple(tokenizer(w, add_special_tokens=False)["input_ids"])
+            if not ids:
+                label = names[c] if names else str(c)
+                raise ModelError(f"verbalizer word {w!r} for label '{label}' tokenizes to nothing")
+            toks.append(ids)
+        out.append(tuple(toks))
+    return LabelWords(tuple(out))
+
+
 Prefix = Sequence[tuple[torch.Tensor, torch.Tensor]]
-PromptInput = torch.Tensor | Prefix | None
+PromptInput = torch.Tensor | DeltaPrompt | Prefix | None
 
 
 class CausalLMBackbone:
@@ -59,6 +85,8 @@ class CausalLMBackbone:
     The protocol every method relies on: `tokenize`, `embed`, `score` (class scores for a batch,
     optionally behind a soft prompt) and `generate`.
     """
+
+    kind = "causal-lm"
 
     def __init__(self, model, tokenizer, model_id: str, device: torch.device, dtype: torch.dtype):
         self.model = model
@@ -94,17 +122,7 @@ class CausalLMBackbone:
         return [x if len(x) <= limit else x[:1] + x[len(x) - limit + 1 :] for x in ids]
 
     def label_words(self, words_per_class: Sequence[Sequence[str]], names: Sequence[str] | None = None) -> LabelWords:
-        out = []
-        for c, words in enumerate(words_per_class):
-            toks = []
-            for w in words:
-                ids = tuple(self.tokenizer(w, add_special_tokens=False)["input_ids"])
-                if not ids:
-                    label = names[c] if names else str(c)
-                    raise ModelError(f"verbalizer word {w!r} for label '{label}' tokenizes to nothing")
-                toks.append(ids)
-            out.append(tuple(toks))
-        return LabelWords(tuple(out))
+        return tokenize_label_words(self.tokenizer, words_per_class, names)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings as the model computes them (Gemma scales them, for instance)."""
@@ -132,8 +150,32 @@ class CausalLMBackbone:
     def prefix_from_embeddings(self, prompt: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer (keys, values), each (kv_heads, n_tokens, head_dim), that the model computes for
         `prompt` embeddings: the deep prompt that behaves exactly like this soft prompt."""
+        self.check_prefix_support()
         cache = self.decoder(inputs_embeds=prompt.to(self.device, self.dtype)[None], use_cache=True).past_key_values
         return [(layer.keys[0], layer.values[0]) for layer in cache.layers]
+
+    def check_prefix_support(self, method: str = "a deep prompt") -> None:
+        """Refuse, before training, a model whose cache cannot hold a key/value prefix (state-space or
+        recurrent caches, models without a cache), naming the method and the model."""
+        layers = getattr(self.decoder, "layers", None)
+        why = None
+        if layers is None:
+            why = "it has no attention layers to put a prefix in"
+        else:
+            with torch.no_grad():
+                probe = torch.zeros(1, 1, self.hidden_size, device=self.device, dtype=self.dtype)
+                out = self.decoder(inputs_embeds=probe, use_cache=True)
+            cache = getattr(out, "past_key_values", None)
+            if cache is None:
+                state = [k for k in ("cache_params", "state") if getattr(out, k, None) is not None]
+                why = "it keeps no key/value cache" + (f" (its state is '{state[0]}')" if state else "")
+            elif not isinstance(cache, DynamicCache):
+                why = f"its cache is a {type(cache).__name__}, not a per-layer key/value cache"
+            elif len(cache.layers) != len(layers) or any(getattr(x, "keys", None) is None for x in cache.layers):
+                why = "its cache does not keep keys and values for every layer"
+        if why:
+            raise ConfigError(f"{method} needs a model whose KV cache can take a prefix; model '{self.model_id}' "
+                              f"({type(self.model).__name__}) cannot: {why}")
 
     def _cache_from_prefix(self, prefix: Prefix, rows: int) -> DynamicCache:
         data = [(k.to(self.device, self.dtype)[None], v.to(self.device, self.dtype)[None]) for k, v in prefix]
@@ -154,8 +196,10 @@ class CausalLMBackbone:
     ) -> torch.Tensor:
         """Class scores (batch, classes), float32, differentiable w.r.t. `prompt`.
 
-        `prompt` is soft-prompt embeddings (n_tokens, hidden) or a deep prompt: per-layer
-        (keys, values) pairs, each (kv_heads, n_tokens, head_dim), that every example attends to.
+        `prompt` is soft-prompt embeddings (n_tokens, hidden), one prompt per example
+        (batch, n_tokens, hidden) (instance-dependent prompts, or a server mixing artifacts), or a
+        deep prompt: per-layer (keys, values) pairs, each (kv_heads, n_tokens, head_dim), that every
+        example attends to.
 
         With single-token words a score is the word's logit (log-softmax over the classes gives the
         label-restricted distribution); with any multi-token word it is the word's log-probability.
@@ -163,15 +207,32 @@ class CausalLMBackbone:
         """
         if len(token_ids) == 0:
             return torch.zeros(0, labels.num_classes)
+        if hasattr(prompt, "for_inputs"):  # an input-dependent prompt: one prompt per example
+            prompt = prompt.for_inputs(self, token_ids)
+        delta = None
+        if isinstance(prompt, DeltaPrompt):
+            prompt, delta = prompt.embeddings, prompt.input_delta
         deep = prompt is not None and not torch.is_tensor(prompt)
-        shared = deep or (prompt is not None and self.share_prompt_prefix)
-        inline = prompt.shape[0] if prompt is not None and not shared else 0
+        per_example = torch.is_tensor(prompt) and prompt.dim() == 3
+        if per_example and prompt.shape[0] != len(token_ids):
+            raise ModelError(f"per-example prompts: {prompt.shape[0]} prompts for {len(token_ids)} examples")
+        shared = deep or (prompt is not None and self.share_prompt_prefix and not per_example)
+        inline = prompt.shape[-2] if prompt is not None and not shared else 0
         layout = _PackedLayout.build(token_ids, labels, max_row_tokens, inline_prompt=inline)
         n_prefix = (prompt[0][0].shape[-2] if deep else prompt.shape[0]) if shared else 0
         slots = layout.ids < 0  # inline prompt slots hold -(k+1) for prompt vector k
         embeds = self.embed(layout.ids.clamp(min=0))
+        if delta is not None:
+            index = layout.positions - inline  # each token's place in its own example
+            own = (layout.ids >= 0) & (layout.branch == 0) & (layout.unit >= 0) & (index < delta.shape[0])
+            update = _rows(delta.to(self.device, self.dtype), index.clamp(0, delta.shape[0] - 1).to(self.device))
+            embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
         if inline:
-            vectors = _rows(prompt.to(self.device, self.dtype), (-layout.ids - 1).clamp(min=0).to(self.device))
+            slot = (-layout.ids - 1).clamp(min=0)
+            if per_example:  # example i's k-th vector is row i * inline + k of the flattened prompts
+                slot = slot + layout.unit.clamp(min=0) * inline
+            table = prompt.reshape(-1, prompt.shape[-1]).to(self.device, self.dtype)
+            vectors = _rows(table, slot.to(self.device))
             embeds = torch.where(slots.to(self.device)[..., None], vectors, embeds)
         mask = layout.attention_mask(n_prefix, self.dtype).to(self.device)
         positions = (layout.positions + n_prefix).to(self.device)
@@ -207,9 +268,23 @@ class CausalLMBackbone:
             cols.append(score)
         return torch.stack(cols, dim=1)
 
+    @torch.no_grad()
+    def pooled(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:
+        """Each input's mean last hidden state without any prompt, (batch, hidden) float32 on the CPU:
+        the input representation of instance-dependent prompts."""
+        out = []
+        for i in range(0, len(token_ids), batch_size):
+            chunk = token_ids[i : i + batch_size]
+            embeds, mask, positions, _ = self.padded_inputs(chunk, None, padding_side="right")
+            hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+            weights = mask[..., None].to(hidden.dtype)
+            out.append(((hidden * weights).sum(1) / weights.sum(1)).float().cpu())
+        return torch.cat(out)
+
     # ------------------------------------------------------------------ padded path
     def padded_inputs(
-        self, token_ids: Sequence[Sequence[int]], prompt: torch.Tensor | None = None, padding_side: str = "left",
+        self, token_ids: Sequence[Sequence[int]], prompt: torch.Tensor | DeltaPrompt | None = None,
+        padding_side: str = "left",
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(inputs_embeds, attention_mask, position_ids, answer_index) for a padded batch.
 
@@ -227,16 +302,23 @@ class CausalLMBackbone:
             ids[i, sl] = torch.tensor(x, dtype=torch.long)
             mask[i, sl] = 1
         embeds = self.embed(ids)
+        if isinstance(prompt, DeltaPrompt):
+            delta, prompt = prompt.input_delta.to(self.device, self.dtype), prompt.embeddings
+            index = (mask.cumsum(1) - 1).clamp(min=0)
+            own = (mask == 1) & (index < delta.shape[0])
+            update = _rows(delta, index.clamp(max=delta.shape[0] - 1).to(self.device))
+            embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
         n_prompt = 0
         if prompt is not None:
-            n_prompt = prompt.shape[0]
+            n_prompt = prompt.shape[-2]
             n_pads = (1 - mask).sum(1) if padding_side == "left" else torch.zeros(batch, dtype=torch.long)
             j = torch.arange(longest + n_prompt)[None, :]
             start = n_pads[:, None]
             # Gather from [tokens..., prompt...]: before the prompt slot take token j, inside it the
             # prompt, after it token j - n_prompt.
             index = torch.where(j < start, j, torch.where(j < start + n_prompt, longest + j - start, j - n_prompt))
-            source = torch.cat([embeds, prompt.to(self.device, self.dtype)[None].expand(batch, -1, -1)], 1)
+            rows = prompt if prompt.dim() == 3 else prompt[None].expand(batch, -1, -1)  # per example or shared
+            source = torch.cat([embeds, rows.to(self.device, self.dtype)], 1)
             embeds = source.gather(1, index.to(self.device)[..., None].expand(-1, -1, source.shape[-1]))
             mask = torch.cat([mask, torch.ones(batch, n_prompt, dtype=torch.long)], 1).gather(1, index)
         positions = (mask.cumsum(1) - 1).clamp(min=0)
@@ -292,9 +374,12 @@ class CausalLMBackbone:
         """Continue each text with the prompt in place (left padding, KV cache), greedy by default."""
         if not texts:
             return []
-        if prompt is not None and not torch.is_tensor(prompt):
+        if prompt is not None and isinstance(prompt, (list, tuple)):
             return self._generate_with_prefix(texts, prompt, max_new_tokens, **kwargs)
-        embeds, mask, _, _ = self.padded_inputs(self.tokenize(texts), prompt, padding_side="left")
+        ids = self.tokenize(texts)
+        if hasattr(prompt, "for_inputs"):
+            prompt = prompt.for_inputs(self, ids)
+        embeds, mask, _, _ = self.padded_inputs(ids, prompt, padding_side="left")
         kwargs.setdefault("do_sample", False)
         out = self.model.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
@@ -431,22 +516,30 @@ class _PackedLayout:
         return mask[:, None]
 
 
-def load_backbone(model: str = "smollm2-135m", device: str = "auto", dtype: str = "auto") -> CausalLMBackbone:
-    """Load a frozen causal LM by alias, local directory, GGUF file or hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_backbone(model: str = "smollm2-135m", device: str = "auto", dtype: str = "auto"):
+    """Load a frozen backbone by alias, local directory, GGUF file or hub id: a `CausalLMBackbone`,
+    or an `EncoderBackbone` when the config is an encoder's (BERT, MiniLM, ...)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .encoder import is_encoder_config, load_encoder
 
     source, model_id = resolve_model_source(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     try:
+        if is_encoder_config(AutoConfig.from_pretrained(source)):
+            return load_encoder(source, model_id, dev, torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
+        except ValueError as exc:  # an architecture without SDPA attention (or without attention)
+            if "scaled_dot_product_attention" not in str(exc):
+                raise
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"cannot load model '{model}': not a built-in alias, local directory or .gguf file, "
-            f"and transformers could not load it as a hub id ({first})"
-        ) from None
+        where = "from its directory" if Path(source).exists() else "as a hub id"
+        raise ModelError(f"cannot load model '{model}' {where} ({first})") from None
     lm.to(dev).eval()
     for p in lm.parameters():
         p.requires_grad_(False)

