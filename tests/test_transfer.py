@@ -107,10 +107,10 @@ def test_multitask_prompt_tuning_from_two_sources_beats_zero_shot(sst2_prompt, b
 
 
 def test_transfer_and_mpt_resume_bit_identically(sst2_prompt, backbone, data_dir, tmp_path):
-    common = dict(model=backbone, task="tweets", data_dir=data_dir, shots=2, seed=0, eval_split="dev", eval_limit=4,
+    common = dict(model=backbone, task="tweets", data_dir=data_dir, shots=2, seed=0, eval_limit=4,
                   steps=3, eval_every=2, batch_size=2, progress=False)
     assert_resume_is_bit_identical("prompt-transfer", tmp_path / "t", crash_after=2, source=str(sst2_prompt),
                                    distill=1.0, **common)
-    for crash_after in (2, 5):  # inside the distillation phase, then inside the target phase
-        assert_resume_is_bit_identical("multitask-prompt-tuning", tmp_path / f"m{crash_after}",
-                                       crash_after=crash_after, sources=[str(sst2_prompt)], distill_steps=3, **common)
+    # killed inside the distillation phase: it resumes there, then runs the target phase
+    assert_resume_is_bit_identical("multitask-prompt-tuning", tmp_path / "m", crash_after=2,
+                                   sources=[str(sst2_prompt)], distill_steps=3, **common)

@@ -123,6 +123,7 @@ class PromptTuning(Method):
         kind, tensors = self.fold(prompt)
         if not isinstance(prompt, SoftPrompt) and kind != "instance":  # keep the network, so training can go on
             tensors.update({f"module.{k}": v.detach().float().cpu() for k, v in prompt.state_dict().items()})
+        tensors = {k: v.clone() for k, v in tensors.items()}  # own storage each: safetensors refuses shared memory
         return MethodResult(
             prompt_kind=kind,
             tensors=tensors,
