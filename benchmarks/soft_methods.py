@@ -78,9 +78,9 @@ def main() -> None:
         row = m if m in SOFT_METHODS else f"{m} (minilm-l6)"
         if (row, m) not in [(r, mm) for r, mm, _ in plan]:
             plan.append((row, m, "minilm-l6" if m in ENCODER_METHODS else "smollm2-135m"))
-    for row, method, model in [] if args.report_only else plan:
-        for task in args.tasks:
-            for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:  # seed-major: every method gets seed 0 first
+        for row, method, model in plan:
+            for task in args.tasks:
                 key = f"{row}|{task}|{seed}|{args.steps}|{args.shots}|{args.eval_limit}"
                 if key in results:
                     continue
