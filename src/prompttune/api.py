@@ -24,7 +24,7 @@ from .artifact import (
     write_artifact,
 )
 from .errors import ConfigError
-from .evaluation import EvalResult, encode, evaluate_encoded
+from .evaluation import EvalResult, evaluate_prompt
 from .methods import RunContext, available_methods, get_method
 from .models import BACKBONE_TYPES, Backbone, load_backbone
 from .tasks import Example, Task, load_task
@@ -85,12 +85,15 @@ def train(
     dtype: str = "auto",
     progress: bool | None = None,
     callbacks: list[Callable[[int, float], None]] | None = None,
+    port_to: list[str | Backbone] | None = None,
     **params: Any,
 ) -> TrainReport:
     """Learn a prompt with `method` and write the artifact to `out`.
 
     Everything the user controls is validated before anything is written, so bad input leaves no
     partial artifact. `params` are the method's hyper-parameters (see `prompttune methods`).
+    `port_to`: other models a text prompt (hard or boosted) is evaluated on, unchanged, beside the
+    plain template (portability, recorded in prompt.json "portability").
     """
     started = time.perf_counter()
     method_obj = get_method(method).from_params(params)
@@ -109,6 +112,9 @@ def train(
             f"methods for it: {', '.join(fits)}"
         )
     labels = backbone.label_words(task_obj.words(), task_obj.labels)
+    if port_to and not getattr(method_obj, "text_result", False):
+        raise ConfigError(f"--port-to evaluates text prompts on other models; method '{method}' learns a "
+                          f"{'soft' if method != 'zero-shot' else 'no'} prompt, which is tied to its model")
     config = method_obj.config.model_dump()
     run_key = json.dumps(
         {"method": method, "config": config, "task": task_obj.spec.model_dump(), "shots": shots, "seed": seed,
@@ -131,10 +137,10 @@ def train(
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
-    prompt = prompt_from_tensors(result.prompt_kind, result.tensors, backbone.device)
-    dev = evaluate_encoded(backbone, labels, encode(backbone, task_obj, fewshot.dev), prompt)
-    test = evaluate_encoded(backbone, labels, encode(backbone, task_obj, test_examples), prompt) \
-        if test_examples else None
+    prompt = prompt_from_tensors(result.prompt_kind, result.tensors, backbone.device, result.text_prompt)
+    dev = evaluate_prompt(backbone, task_obj, labels, fewshot.dev, prompt)
+    test = evaluate_prompt(backbone, task_obj, labels, test_examples, prompt) if test_examples else None
+    portability = [_port(name, task_obj, test_examples, prompt, device, dtype) for name in port_to or []]
     meta = {
         "method": method,
         "prompt_kind": result.prompt_kind,
@@ -148,6 +154,8 @@ def train(
         "metrics": {"dev": dev.as_dict(), **({"eval": {"split": split, **test.as_dict()}} if test else {})},
         "history": result.history,
         "info": result.info,
+        **({"text_prompt": result.text_prompt} if result.text_prompt is not None else {}),
+        **({"portability": portability} if portability else {}),
         "run_fingerprint": fingerprint,
         "train_seconds": round(time.perf_counter() - started, 2),
         "versions": package_versions(),
@@ -159,11 +167,24 @@ def train(
     return TrainReport(out_dir, meta, dev, test, time.perf_counter() - started)
 
 
+def _port(model: str | Backbone, task: Task, examples: list[Example], prompt, device: str, dtype: str
+          ) -> dict[str, Any]:
+    """A text prompt and the plain template on another model, on the same held-out examples."""
+    from .prompts.hard import HardPrompt
+
+    other = _backbone(model, device, dtype)
+    labels = other.label_words(task.words(), task.labels)
+    found = evaluate_prompt(other, task, labels, examples, prompt)
+    plain = evaluate_prompt(other, task, labels, examples, HardPrompt(task.spec.template))
+    return {"model": other.model_id, "fingerprint": other.fingerprint, "n": found.n,
+            "accuracy": found.accuracy, "macro_f1": found.macro_f1, "template_accuracy": plain.accuracy}
+
+
 def evaluate(
     backbone: Backbone, task: Task, examples: list[Example], prompt=None, batch_size: int = 32
 ) -> EvalResult:
     labels = backbone.label_words(task.words(), task.labels)
-    return evaluate_encoded(backbone, labels, encode(backbone, task, examples), prompt, batch_size)
+    return evaluate_prompt(backbone, task, labels, examples, prompt, batch_size)
 
 
 def evaluate_artifact(
@@ -178,5 +199,5 @@ def evaluate_artifact(
     examples = examples[:limit] if limit else examples
     backbone = _backbone(model or meta["backbone"]["id"], device, dtype)
     check_backbone(meta, backbone, f"artifact {path}")
-    prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device)
+    prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device, meta.get("text_prompt"))
     return evaluate(backbone, task_obj, examples, prompt)

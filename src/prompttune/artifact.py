@@ -21,7 +21,7 @@ from .utils.io import atomic_save_tensors, atomic_write_json
 ARTIFACT_JSON = "prompt.json"
 ARTIFACT_TENSORS = "prompt.safetensors"
 FORMAT_VERSION = 1
-PROMPT_KINDS = ("none", "soft", "kv", "dept", "instance", "encoder-head")
+PROMPT_KINDS = ("none", "soft", "kv", "dept", "instance", "encoder-head", "hard", "boosted")
 
 
 def write_artifact(out_dir: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -79,8 +79,16 @@ def check_backbone(meta: Mapping[str, Any], backbone: Backbone, where: str) -> N
         )
 
 
-def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=None):
-    """What `backbone.score` takes for an artifact: None, soft embeddings, or per-layer (keys, values)."""
+def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=None,
+                        text: Mapping[str, Any] | None = None):
+    """What `backbone.score` takes for an artifact: None, soft embeddings, or per-layer (keys, values);
+    for text prompts (`text` is prompt.json's "text_prompt") a `HardPrompt` or `BoostedPrompts`."""
+    if kind in ("hard", "boosted"):
+        from .prompts.hard import BoostedPrompts, HardPrompt
+
+        if not text:
+            raise ArtifactError(f"a '{kind}' artifact needs its 'text_prompt' in {ARTIFACT_JSON}")
+        return HardPrompt.from_meta(text) if kind == "hard" else BoostedPrompts.from_meta(text)
     if kind == "soft":
         return tensors["prompt"].to(device)
     if kind == "dept":
@@ -109,8 +117,17 @@ class Predictor:
         self.input_fields: list[str] = task["input_fields"]
         self.labels: list[str] = list(task["verbalizer"])
         words = [[w] if isinstance(w, str) else list(w) for w in task["verbalizer"].values()]
+        self.prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device, meta.get("text_prompt"))
+        self.boosted = None
+        from .prompts.hard import BoostedPrompts, HardPrompt
+
+        if isinstance(self.prompt, HardPrompt):  # a text prompt is its template (and maybe its words)
+            self.template = self.prompt.template
+            words = [[w] for w in self.prompt.words] if self.prompt.words else words
+            self.prompt = None
+        elif isinstance(self.prompt, BoostedPrompts):
+            self.boosted, self.prompt = self.prompt, None
         self.label_words = backbone.label_words(words, self.labels)
-        self.prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device)
 
     def render(self, item: str | Mapping[str, str]) -> str:
         if isinstance(item, str):
@@ -127,6 +144,9 @@ class Predictor:
     @torch.inference_mode()
     def scores(self, inputs: Sequence[str | Mapping[str, str]], batch_size: int = 32) -> torch.Tensor:
         """Log-probabilities over the labels, (n_inputs, n_labels)."""
+        if self.boosted is not None:
+            items = [x if isinstance(x, Mapping) else {self.input_fields[0]: x} for x in inputs]
+            return self.boosted.scores(self.backbone, lambda t, item: t.format_map(dict(item)), items, len(self.labels))
         out = []
         for i in range(0, len(inputs), batch_size):
             ids = self.backbone.tokenize([self.render(x) for x in inputs[i : i + batch_size]])
@@ -138,6 +158,8 @@ class Predictor:
 
     def generate(self, text: str | Mapping[str, str], max_new_tokens: int = 32, raw: bool = False, **kwargs) -> str:
         """Continue the rendered template (or `text` itself with raw=True) with the prompt in place."""
+        if self.boosted is not None:
+            raise ConfigError("a boosted ensemble classifies; it has no single template to generate with")
         rendered = text if raw and isinstance(text, str) else self.render(text)
         return self.backbone.generate([rendered], self.prompt, max_new_tokens=max_new_tokens, **kwargs)[0]
 

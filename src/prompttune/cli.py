@@ -88,6 +88,10 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step.")] = None,
     n_tokens: Annotated[int | None, typer.Option(help="Soft prompt length.")] = None,
+    budget: Annotated[int | None, typer.Option(help="Query budget of search methods: forward passes, one prompt "
+                                                "on one example each.")] = None,
+    port_to: Annotated[list[str] | None, typer.Option("--port-to", help="Also evaluate a text prompt, unchanged, "
+                                                       "on this model (portability); repeatable.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Any other hyper-parameter, "
                                                      "KEY=VALUE; repeatable.")] = None,
     dev_shots: Annotated[int | None, typer.Option(help="Dev examples per class (default: --shots).")] = None,
@@ -104,14 +108,16 @@ def train(
     from .api import train as api_train
 
     params = _parse_params(param or [])
-    for name, value in {"steps": steps, "lr": lr, "batch_size": batch_size, "n_tokens": n_tokens}.items():
+    for name, value in {"steps": steps, "lr": lr, "batch_size": batch_size, "n_tokens": n_tokens,
+                        "budget": budget}.items():
         if value is not None:
             params[name] = value
     report = api_train(
         method, model, task, data_dir, shots, seed, out, dev_shots=dev_shots, eval_split=eval_split,
         eval_limit=eval_limit, resume=resume, overwrite=overwrite, device=device, dtype=dtype,
-        progress=not quiet, **params,
+        progress=not quiet, port_to=port_to, **params,
     )
+    _print_search_result(report.meta)
     metrics = report.meta["metrics"]
     table = Table(title=f"{method} on {task} ({report.meta['backbone']['id']})")
     for col in ("split", "examples", "accuracy", "macro-F1"):
@@ -122,6 +128,33 @@ def train(
     console.print(table)
     console.print(f"trainable parameters: {report.meta['trainable_parameters']:,}  "
                   f"time: {report.seconds:.1f}s  artifact: {report.out_dir}")
+    for port in report.meta.get("portability", []):
+        console.print(f"on {port['model']}: accuracy {port['accuracy']:.4f} (plain template "
+                      f"{port['template_accuracy']:.4f}, {port['n']} examples)")
+
+
+def _print_search_result(meta: dict[str, Any]) -> None:
+    """What a search found: the candidates' scores (select), the prompt text, the queries spent."""
+    info, text = meta.get("info", {}), meta.get("text_prompt")
+    if "selection" in info:
+        table = Table(title=f"candidates (criterion: {info['criterion']}, higher is better)")
+        for col in ("#", "prompt", "mi", "entropy", "cbm", "flatness", "dev acc"):
+            table.add_column(col)
+        for i, row in enumerate(info["selection"]):
+            mark = " <- picked" if i == info["picked"] else ""
+            table.add_row(f"{i}{mark}", row["prompt"][:60], *(f"{row[k]:.4f}" if k in row else "-" for k in
+                                                              ("mi", "entropy", "cbm", "flatness", "accuracy")))
+        console.print(table)
+    if text and "template" in text:
+        console.print(f"prompt template: {text['template']!r}")
+        if text.get("words"):
+            console.print(f"label words: {text['words']}")
+    elif text and "members" in text:
+        for m in text["members"]:
+            console.print(f"alpha {m['alpha']:.3f}  words {m['words']}  template {m['template']!r}")
+    if "queries_used" in info:
+        budget = info.get("budget")
+        console.print(f"queries used: {info['queries_used']:,}" + (f" of --budget {budget:,}" if budget else ""))
 
 
 @app.command("eval")
@@ -205,7 +238,7 @@ def methods(
         table.add_column("trainable", justify="right")
     table.add_column("hyper-parameters (default)")
     for name, cls in available_methods().items():
-        fields = ", ".join(f"{k}=<required>" if f.is_required() else f"{k}={f.default}"
+        fields = ", ".join(f"{k}=<required>" if f.is_required() else f"{k}={f.get_default(call_default_factory=True)}"
                            for k, f in cls.Config.model_fields.items())
         row = [name, cls.description]
         if model_config is not None:

@@ -64,16 +64,42 @@ def evaluate_encoded(
     batch_size: int = 32,
 ) -> EvalResult:
     start = time.perf_counter()
+    scores = [backbone.score(data.token_ids[i : i + batch_size], labels, prompt, max_row_tokens=512).float().cpu()
+              for i in range(0, len(data), batch_size)]
+    return result_from_scores(scores, data.golds, labels.num_classes, time.perf_counter() - start)
+
+
+def result_from_scores(scores: list[torch.Tensor], golds: torch.Tensor, num_classes: int, seconds: float) -> EvalResult:
     preds: list[int] = []
     total_loss = 0.0
-    for i in range(0, len(data), batch_size):
-        ids, golds = data.subset(range(i, min(i + batch_size, len(data))))
-        scores = backbone.score(ids, labels, prompt, max_row_tokens=512).float().cpu()
-        total_loss += float(F.cross_entropy(scores, golds, reduction="sum"))
-        preds.extend(scores.argmax(1).tolist())
-    seconds = time.perf_counter() - start
-    golds = data.golds.tolist()
+    start = 0
+    for chunk in scores:
+        total_loss += float(F.cross_entropy(chunk, golds[start : start + len(chunk)], reduction="sum"))
+        preds.extend(chunk.argmax(1).tolist())
+        start += len(chunk)
+    gold_list = golds.tolist()
     return EvalResult(
-        accuracy=accuracy(preds, golds), macro_f1=macro_f1(preds, golds, labels.num_classes),
-        loss=total_loss / max(len(data), 1), n=len(data), seconds=seconds, predictions=preds,
+        accuracy=accuracy(preds, gold_list), macro_f1=macro_f1(preds, gold_list, num_classes),
+        loss=total_loss / max(len(gold_list), 1), n=len(gold_list), seconds=seconds, predictions=preds,
     )
+
+
+@torch.inference_mode()
+def evaluate_prompt(
+    backbone: CausalLMBackbone, task: Task, labels: LabelWords, examples: Sequence[Example], prompt,
+    batch_size: int = 32,
+) -> EvalResult:
+    """Any prompt on `examples`: text prompts render the inputs with their own template (and words)."""
+    from .prompts.hard import BoostedPrompts, HardPrompt
+
+    golds = torch.tensor([task.label_index(ex) for ex in examples], dtype=torch.long)
+    if isinstance(prompt, HardPrompt):
+        if prompt.words:
+            labels = backbone.label_words([[w] for w in prompt.words], task.labels)
+        ids = backbone.tokenize([prompt.template.format_map(ex.fields) for ex in examples])
+        return evaluate_encoded(backbone, labels, EncodedExamples(ids, golds), None, batch_size)
+    if isinstance(prompt, BoostedPrompts):
+        start = time.perf_counter()
+        scores = prompt.scores(backbone, lambda t, ex: t.format_map(ex.fields), examples, labels.num_classes)
+        return result_from_scores([scores], golds, labels.num_classes, time.perf_counter() - start)
+    return evaluate_encoded(backbone, labels, encode(backbone, task, examples), prompt, batch_size)

@@ -1,17 +1,26 @@
 """Prompt-learning methods. Importing a method's module registers it; add one line per new method."""
 
 from . import (  # noqa: F401  (registration: one line per method)
+    autoprompt,
+    bbt,
     dept,
+    edit_search,
+    evolution,
     fine_tune_head,
     instance_prompt,
     lopt,
     multitask_prompt_tuning,
     p_tuning,
     p_tuning_v2,
+    pez,
     prefix_tuning,
+    prompt_boosting,
     prompt_transfer,
     prompt_tuning,
+    random_separators,
     residual_prompt_tuning,
+    rlprompt,
+    select,
     xprompt,
     zero_shot,
 )

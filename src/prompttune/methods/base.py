@@ -46,13 +46,16 @@ class MethodResult:
     """What a method learned. `prompt_kind` says how `tensors` are applied at inference:
     "none" (the template alone), "soft" (tensor "prompt", (n_tokens, hidden) input embeddings) or
     "kv" (tensors "keys" and "values", (layers, kv_heads, n_tokens, head_dim): a deep prompt) or
-    "dept" (tensors "prompt" and "input_delta", (max_length, hidden), added to input tokens by position)."""
+    "dept" (tensors "prompt" and "input_delta", (max_length, hidden), added to input tokens by position),
+    "hard" (no tensors: `text_prompt` holds a `HardPrompt`, the template as text) or "boosted"
+    (`text_prompt` holds a `BoostedPrompts` ensemble)."""
 
     prompt_kind: str
     tensors: dict[str, torch.Tensor]
     trainable_parameters: int
     history: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    text_prompt: dict[str, Any] | None = None  # "hard" / "boosted": the text itself (prompt.json "text_prompt")
 
 
 class Method(ABC):

@@ -1,0 +1,77 @@
+"""Evolutionary prompt search (EvoPrompt's genetic algorithm, with crossover and mutation done on
+token spans instead of by an LLM).
+
+A population of prompts (instructions before the template, or separators after the input) evolves:
+parents are drawn by roulette wheel on fitness, children are one-point crossovers of their word
+lists followed by word-level mutation (replace, insert, delete; words from the model's readable
+vocabulary or a word list), and the best `population` of parents and children survive.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+from pydantic import Field
+
+from ..prompts.hard import HardPrompt
+from ..search.base import HardPromptSearch, SearchConfig
+from ..search.text_edits import crossover, mutate
+from ..search.vocab import read_word_list, word_token_ids
+from .base import RunContext, register
+from .edit_search import default_instruction
+
+
+class EvolutionConfig(SearchConfig):
+    population: int = Field(6, ge=2)
+    generations: int = Field(6, ge=1)
+    mutation_rate: float = Field(0.3, gt=0, le=1, description="chance that a word is mutated")
+    position: Literal["instruction", "separator"] = Field("instruction")
+    instruction: str | None = Field(None, description="seed prompt (default: built from the label words)")
+    words_file: str | None = Field(None, description="mutation words, one per line (default: the vocabulary)")
+
+
+@register
+class Evolution(HardPromptSearch):
+    name = "evolution"
+    description = "EvoPrompt-style GA without an LLM: roulette selection, span crossover, word mutation."
+    Config = EvolutionConfig
+
+    def first_round(self, ctx: RunContext) -> int:
+        return self.config.population  # type: ignore[attr-defined]
+
+    def search(self, ctx: RunContext) -> None:
+        cfg: EvolutionConfig = self.config  # type: ignore[assignment]
+        rng = random.Random(ctx.seed)
+        tok = ctx.backbone.tokenizer
+        if cfg.words_file:
+            pool = read_word_list(cfg.words_file)
+        else:
+            pool = [tok.decode([i]).strip() for i in word_token_ids(tok).tolist()]
+        template = ctx.task.spec.template
+
+        def build(text: str) -> HardPrompt:
+            if cfg.position == "instruction":
+                return HardPrompt.build(template, instruction=text)
+            return HardPrompt.build(template, separator=" " + text)
+
+        seed_text = cfg.instruction or (default_instruction(ctx) if cfg.position == "instruction" else rng.choice(pool))
+        texts = [seed_text] + [mutate(seed_text, rng, pool, cfg.mutation_rate) for _ in range(cfg.population - 1)]
+        fits = self.evaluate([build(t) for t in texts])
+        population = list(zip(fits, texts, strict=False))
+        self.state.round_done()
+        for _ in range(cfg.generations):
+            if self.out_of_budget or len(population) < 2:
+                break
+            low = min(f for f, _ in population)
+            weights = [f - low + 1e-3 for f, _ in population]
+            children = []
+            for _ in range(cfg.population):
+                (_, a), (_, b) = rng.choices(population, weights=weights, k=2)
+                child = mutate(crossover(a, b, rng), rng, pool, cfg.mutation_rate)
+                if child not in children and child not in [t for _, t in population]:
+                    children.append(child)
+            fits = self.evaluate([build(t) for t in children])
+            population = sorted(population + list(zip(fits, children, strict=False)), key=lambda ft: -ft[0])
+            population = population[: cfg.population]
+            self.state.round_done()

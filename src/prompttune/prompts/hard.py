@@ -1,0 +1,151 @@
+"""Hard prompts: prompts that are text.
+
+A hard prompt is a task template: the task's own template with an instruction put before it
+and/or a separator put right after the input (before the answer cue). It is applied by rendering
+and tokenizing like any template, so it is plain text that evaluates unchanged on any model.
+A boosted ensemble (PromptBoosting) is several such templates, each with its own verbalizer and
+vote weight.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import ArtifactError, ConfigError
+
+
+def _escape(text: str) -> str:
+    """Text that `str.format_map` leaves as it is (braces doubled)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def split_template(template: str) -> tuple[str, str]:
+    """(head, tail): the template up to the end of its last `{field}`, and the answer cue after it."""
+    end, pos = 0, 0
+    for literal, name, spec, conv in string.Formatter().parse(template):
+        pos += len(literal.replace("{", "{{").replace("}", "}}"))
+        if name is not None:
+            pos += len(name) + 2 + (len(spec) + 1 if spec else 0) + (len(conv) + 1 if conv else 0)
+            end = pos
+    return template[:end], template[end:]
+
+
+@dataclass(frozen=True)
+class HardPrompt:
+    """The template a hard prompt makes of a task's template."""
+
+    template: str
+    instruction: str = ""
+    separator: str = ""
+    words: tuple[str, ...] | None = None  # label words found by the search (one per class), else the task's
+
+    @classmethod
+    def build(
+        cls, base_template: str, instruction: str = "", separator: str = "", words: tuple[str, ...] | None = None
+    ) -> HardPrompt:
+        """`instruction` + newline + template, with `separator` right after the last input field."""
+        head, tail = split_template(base_template)
+        template = head + _escape(separator) + tail
+        if instruction:
+            template = _escape(instruction) + "\n" + template
+        return cls(template, instruction, separator, tuple(words) if words else None)
+
+    def as_meta(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_meta(cls, data: Mapping[str, Any]) -> HardPrompt:
+        try:
+            words = data.get("words")
+            return cls(
+                str(data["template"]),
+                str(data.get("instruction", "")),
+                str(data.get("separator", "")),
+                tuple(words) if words else None,
+            )
+        except (KeyError, TypeError):
+            raise ArtifactError("hard prompt: missing its 'template'") from None
+
+    def describe(self) -> str:
+        parts = []
+        if self.instruction:
+            parts.append(f"instruction {self.instruction!r}")
+        if self.separator:
+            parts.append(f"separator {self.separator!r}")
+        if self.words:
+            parts.append(f"label words {list(self.words)}")
+        return ", ".join(parts) or "the plain template"
+
+
+@dataclass(frozen=True)
+class BoostedMember:
+    """One weak learner of a boosted ensemble: a template, its own label words, its vote weight."""
+
+    template: str
+    words: tuple[str, ...]  # one word per class, in the task's label order
+    alpha: float
+    offsets: tuple[float, ...] | None = None  # subtracted from the words' logits (calibration), per class
+
+
+@dataclass
+class BoostedPrompts:
+    """PromptBoosting's classifier: a weighted vote of (template, verbalizer) weak learners."""
+
+    members: list[BoostedMember] = field(default_factory=list)
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"members": [asdict(m) for m in self.members]}
+
+    @classmethod
+    def from_meta(cls, data: Mapping[str, Any]) -> BoostedPrompts:
+        try:
+            return cls(
+                [BoostedMember(
+                    str(m["template"]), tuple(m["words"]), float(m["alpha"]),
+                    tuple(m["offsets"]) if m.get("offsets") else None,
+                ) for m in data["members"]]
+            )
+        except (KeyError, TypeError):
+            raise ArtifactError("boosted prompts: each member needs 'template', 'words' and 'alpha'") from None
+
+    @torch.inference_mode()
+    def scores(self, backbone, render, examples: Sequence[Any], num_classes: int, batch_size: int = 32):
+        """(n, classes): the normalised weighted votes, as log-probabilities (log of 1e-6 for no vote).
+        `render(template, example)` renders one input with one template."""
+        votes = torch.zeros(len(examples), num_classes)
+        by_template: dict[str, list[BoostedMember]] = {}
+        for m in self.members:
+            by_template.setdefault(m.template, []).append(m)
+        for template, members in by_template.items():
+            ids = backbone.tokenize([render(template, ex) for ex in examples])
+            for m in members:
+                labels = backbone.label_words([[w] for w in m.words])
+                offsets = torch.tensor(m.offsets) if m.offsets else torch.zeros(len(m.words))
+                preds = torch.cat(
+                    [
+                        (backbone.score(ids[i : i + batch_size], labels).float().cpu() - offsets).argmax(1)
+                        for i in range(0, len(ids), batch_size)
+                    ]
+                )
+                votes[torch.arange(len(examples)), preds] += m.alpha
+        total = votes.sum(1, keepdim=True).clamp(min=1e-9)
+        return torch.log((votes / total).clamp(min=1e-6))
+
+
+def check_template(template: str, fields: Sequence[str], where: str) -> None:
+    """A candidate template must render with exactly the task's input fields."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a valid template ({exc})") from None
+    missing, extra = set(fields) - names, names - set(fields)
+    if missing or extra:
+        problem = (
+            f"lacks {{{', '.join(sorted(missing))}}}" if missing else f"has unknown {{{', '.join(sorted(extra))}}}"
+        )
+        raise ConfigError(f"{where}: template {template!r} {problem} (the task's fields: {', '.join(fields)})")

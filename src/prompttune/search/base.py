@@ -1,0 +1,125 @@
+"""What every discrete / black-box search shares: the budget check, the candidate pool, the final
+pick on dev, and the artifact.
+
+A search method subclasses `HardPromptSearch` and writes `search(ctx)`, calling `self.evaluate(prompts)`
+(which scores on the k-shot train set, charges the budget, records the trace) and `self.state.round_done()`
+after each round. The best `finalists` candidates on train, and the plain template, are then scored
+on dev and the best there is the result, so a search never returns a prompt worse on dev than the
+template it started from. Dev scoring is paid from the same budget (reserved up front).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from ..errors import ConfigError
+from ..methods.base import Method, MethodConfig, MethodResult, RunContext
+from ..prompts.hard import HardPrompt
+from .engine import CandidateScorer
+from .state import SearchState
+
+
+class SearchConfig(MethodConfig):
+    budget: int = Field(
+        3000,
+        ge=1,
+        description="forward passes (one prompt on one example) the search may spend, picking on dev included",
+    )
+    finalists: int = Field(3, ge=1, description="best candidates on train re-scored on dev to pick the result")
+
+
+class HardPromptSearch(Method):
+    """Base of methods whose result is a hard prompt (text)."""
+
+    Config: ClassVar[type[MethodConfig]] = SearchConfig
+    text_result: ClassVar[bool] = True  # the result is text: it can be evaluated on other models (--port-to)
+
+    # ------------------------------------------------------------------ for subclasses
+    def first_round(self, ctx: RunContext) -> int:
+        """How many candidates the first round scores on train (for the budget check)."""
+        return 1
+
+    def search(self, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+    def base_prompt(self, ctx: RunContext) -> HardPrompt:
+        return HardPrompt.build(ctx.task.spec.template)
+
+    # ------------------------------------------------------------------ shared
+    def start(self, ctx: RunContext, labels=None) -> None:
+        """Budget check, state, scorers. Raises before anything is written when the budget is too small."""
+        cfg: SearchConfig = self.config  # type: ignore[assignment]
+        self.ctx = ctx
+        self.labels = labels or ctx.labels
+        self.reserve = (cfg.finalists + 1) * len(ctx.data.dev)
+        first = (1 + self.first_round(ctx)) * len(ctx.data.train)
+        if cfg.budget < first + self.reserve:
+            raise ConfigError(
+                f"--budget {cfg.budget} is smaller than one evaluation round of '{self.name}': "
+                f"{first} forward passes (the template and {self.first_round(ctx)} candidate(s) x "
+                f"{len(ctx.data.train)} train examples) plus {self.reserve} to pick the result on dev "
+                f"({cfg.finalists + 1} finalists x {len(ctx.data.dev)} dev examples); pass at least "
+                f"--budget {first + self.reserve}"
+            )
+        self.state = SearchState(ctx.out_dir, cfg.budget - self.reserve, ctx.resume, ctx.run_fingerprint, ctx.callbacks)
+        self.train_scorer = CandidateScorer(ctx.backbone, ctx.task, self.labels, ctx.data.train, self.state, "train")
+        self.dev_scorer = CandidateScorer(ctx.backbone, ctx.task, self.labels, ctx.data.dev, self.state, "dev")
+        self.pool: dict[str, tuple[HardPrompt, float]] = {}
+
+    def fit(self, ctx: RunContext) -> MethodResult:
+        self.start(ctx)
+        self.base = self.base_prompt(ctx)
+        self.evaluate([self.base])
+        self.search(ctx)
+        return self.finish()
+
+    def evaluate(self, prompts: list[HardPrompt]) -> list[float]:
+        """Train fitness of each prompt (accuracy, ties by cross-entropy), as many as the budget pays for."""
+        scores = self.train_scorer.score(prompts)
+        out = []
+        for prompt, s in zip(prompts, scores, strict=False):
+            fit = self.train_scorer.fitness(s)
+            if prompt.template not in self.pool:
+                self.state.record(fit, candidate=prompt.describe())
+            self.pool[prompt.template] = (prompt, fit)
+            out.append(fit)
+        return out
+
+    @property
+    def out_of_budget(self) -> bool:
+        return self.state.exhausted
+
+    def finish(self, extra_info: dict[str, Any] | None = None) -> MethodResult:
+        cfg: SearchConfig = self.config  # type: ignore[assignment]
+        self.state.limit = cfg.budget  # the reserve is now spent on dev
+        ranked = sorted(self.pool.values(), key=lambda pf: -pf[1])
+        finalists = [p for p, _ in ranked[: cfg.finalists]]
+        if self.base.template not in {p.template for p in finalists}:
+            finalists.append(self.base)
+        dev_scores = self.dev_scorer.score(finalists)
+        dev_fit = [self.dev_scorer.fitness(s) for s in dev_scores]
+        best = max(range(len(dev_fit)), key=lambda i: (dev_fit[i], self.pool[finalists[i].template][1]))
+        chosen = finalists[best]
+        self.state.round_done()
+        info = {
+            "queries_used": self.state.used,
+            "budget": cfg.budget,
+            "candidates_scored": len(self.pool),
+            "train_fitness": self.pool[chosen.template][1],
+            "dev_fitness": dev_fit[best],
+            "finalists": [
+                {"prompt": p.describe(), "train": self.pool[p.template][1], "dev": f}
+                for p, f in zip(finalists, dev_fit, strict=True)
+            ],
+            **(extra_info or {}),
+        }
+        return MethodResult(
+            prompt_kind="hard",
+            tensors={},
+            trainable_parameters=0,
+            history=self.state.trace,
+            info=info,
+            text_prompt=chosen.as_meta(),
+        )
