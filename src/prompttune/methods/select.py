@@ -22,6 +22,7 @@ import torch
 from pydantic import Field
 
 from ..errors import ConfigError
+from ..models.causal_lm import _class_scores
 from ..prompts.hard import HardPrompt, check_template
 from ..search.engine import CandidateScorer
 from ..search.state import SearchState
@@ -152,7 +153,5 @@ class Select(Method):
                 inputs_embeds=embeds + noise, attention_mask=mask, position_ids=positions
             ).last_hidden_state
             word = bb._logits(hidden[torch.arange(len(answer)), answer], rows)
-            from ..models.causal_lm import _class_scores
-
             out.append(_class_scores(word, ctx.labels).float().cpu())
         return torch.cat(out)
