@@ -113,8 +113,9 @@ def train(
         )
     labels = backbone.label_words(task_obj.words(), task_obj.labels)
     if port_to and not getattr(method_obj, "text_result", False):
-        raise ConfigError(f"--port-to evaluates text prompts on other models; method '{method}' learns a "
-                          f"{'soft' if method != 'zero-shot' else 'no'} prompt, which is tied to its model")
+        raise ConfigError(f"--port-to evaluates text prompts on other models; method '{method}' does not learn a "
+                          "text prompt (a soft prompt is tied to its model)")
+    ports = [_backbone(m, device, dtype) for m in port_to or []]  # a bad model id fails before training
     config = method_obj.config.model_dump()
     run_key = json.dumps(
         {"method": method, "config": config, "task": task_obj.spec.model_dump(), "shots": shots, "seed": seed,
@@ -140,7 +141,7 @@ def train(
     prompt = prompt_from_tensors(result.prompt_kind, result.tensors, backbone.device, result.text_prompt)
     dev = evaluate_prompt(backbone, task_obj, labels, fewshot.dev, prompt)
     test = evaluate_prompt(backbone, task_obj, labels, test_examples, prompt) if test_examples else None
-    portability = [_port(name, task_obj, test_examples, prompt, device, dtype) for name in port_to or []]
+    portability = [_port(other, task_obj, test_examples, prompt) for other in ports]
     meta = {
         "method": method,
         "prompt_kind": result.prompt_kind,
@@ -167,12 +168,10 @@ def train(
     return TrainReport(out_dir, meta, dev, test, time.perf_counter() - started)
 
 
-def _port(model: str | Backbone, task: Task, examples: list[Example], prompt, device: str, dtype: str
-          ) -> dict[str, Any]:
+def _port(other: Backbone, task: Task, examples: list[Example], prompt) -> dict[str, Any]:
     """A text prompt and the plain template on another model, on the same held-out examples."""
     from .prompts.hard import HardPrompt
 
-    other = _backbone(model, device, dtype)
     labels = other.label_words(task.words(), task.labels)
     found = evaluate_prompt(other, task, labels, examples, prompt)
     plain = evaluate_prompt(other, task, labels, examples, HardPrompt(task.spec.template))
