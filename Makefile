@@ -6,6 +6,9 @@ BASE := $(VENV)/.base
 DEMO := $(VENV)/.demo
 DEV := $(VENV)/.dev
 
+# Test files run in parallel worker processes (one torch thread each), one file per worker at a time.
+TEST_WORKERS ?= 2
+
 .PHONY: install demo test lint bench clean
 
 # torch first and pinned: on these machines pip takes the local CPU wheel; unpinned it pulls CUDA.
@@ -38,7 +41,7 @@ lint: $(DEV)
 
 test: $(DEV)
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(DEV)
 	$(BIN)/python benchmarks/prompt_tuning_vs_peft.py

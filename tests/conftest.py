@@ -15,7 +15,13 @@ DATA_DIR = Path(os.environ.get("PROMPTTUNE_TEST_DATA", REPO.parent / "shared" / 
 
 
 def pytest_configure(config):
+    import torch
     import transformers
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # `make test` runs two workers on a 2-core machine: one thread each, or they fight over the cores
+        # (two 2-thread processes on 2 cores run many times slower than one).
+        torch.set_num_threads(int(os.environ.get("PROMPTTUNE_TEST_THREADS", "1")))
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -69,3 +75,14 @@ def tiny_llama_dir(tmp_path_factory, backbone) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(path)
     backbone.tokenizer.save_pretrained(path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Figures tests measured (`record_property("figure", text)`), printed at the end of the run, also
+    when the tests run in worker processes."""
+    lines = [v for outcome in ("passed", "failed") for rep in terminalreporter.stats.get(outcome, [])
+             for k, v in getattr(rep, "user_properties", []) if k == "figure"]
+    if lines:
+        terminalreporter.section("measured figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -90,6 +90,14 @@ def train(
     n_tokens: Annotated[int | None, typer.Option(help="Soft prompt length.")] = None,
     budget: Annotated[int | None, typer.Option(help="Query budget of search methods: forward passes, one prompt "
                                                 "on one example each.")] = None,
+    llm: Annotated[str | None, typer.Option(help="Optimiser LLM of apo/opro/evoprompt/ape: a model alias/path "
+                                            "(in-process) or the endpoint's model name with --llm-base-url.")] = None,
+    llm_base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint for the optimiser LLM "
+                                                     "(vLLM, llama.cpp, Ollama, prompttune serve, OpenAI).")] = None,
+    max_llm_calls: Annotated[int | None, typer.Option(help="Stop an LLM optimiser after this many LLM calls "
+                                                      "(cached answers count, cost nothing).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Stop an LLM optimiser once its LLM calls used this many "
+                                                   "tokens.")] = None,
     port_to: Annotated[list[str] | None, typer.Option("--port-to", help="Also evaluate a text prompt, unchanged, "
                                                        "on this model (portability); repeatable.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Any other hyper-parameter, "
@@ -109,7 +117,8 @@ def train(
 
     params = _parse_params(param or [])
     for name, value in {"steps": steps, "lr": lr, "batch_size": batch_size, "n_tokens": n_tokens,
-                        "budget": budget}.items():
+                        "budget": budget, "llm": llm, "llm_base_url": llm_base_url,
+                        "max_llm_calls": max_llm_calls, "max_llm_tokens": max_tokens}.items():
         if value is not None:
             params[name] = value
     report = api_train(
@@ -155,6 +164,11 @@ def _print_search_result(meta: dict[str, Any]) -> None:
     if "queries_used" in info:
         budget = info.get("budget")
         console.print(f"queries used: {info['queries_used']:,}" + (f" of --budget {budget:,}" if budget else ""))
+    if "llm" in info:
+        llm = info["llm"]
+        console.print(f"LLM calls: {llm['calls']} ({llm['new_calls']} new, {llm['cached_calls']} from the cache), "
+                      f"tokens {llm['prompt_tokens'] + llm['completion_tokens']:,}, retries {llm['retries']}"
+                      + (" - LLM budget spent" if llm["budget_exhausted"] else ""))
 
 
 @app.command("eval")
@@ -339,6 +353,40 @@ def import_cmd(
 
     path = import_peft(from_peft, out, task, data_dir, model)
     console.print(f"wrote prompttune artifact to {path}", highlight=False)
+
+
+@app.command()
+@_friendly
+def serve(
+    artifacts: Annotated[list[str] | None, typer.Argument(help="Artifact directories to serve, as PATH or "
+                                                          "NAME=PATH (the name clients pass as `model`).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the first artifact's "
+                                              "recorded one, else smollm2-135m).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind; the default serves this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY' (default: "
+                                                "$PROMPTTUNE_API_KEY when set).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Rows per batched forward pass.")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1_000_000,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 512,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Serve learned prompts over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
+    /v1/models, /v1/classify), batching requests for different prompts into one forward pass."""
+    from .artifact import read_artifact
+    from .models import load_backbone
+    from .serve import serve as run_server
+
+    artifacts = artifacts or []
+    if model is None:
+        model = read_artifact(artifacts[0].rpartition("=")[2])[0]["backbone"]["id"] if artifacts else "smollm2-135m"
+    backbone = load_backbone(model, device=device, dtype=dtype)
+    key = api_key or os.environ.get("PROMPTTUNE_API_KEY")
+    console.print(f"serving {backbone.model_id} and {len(artifacts)} artifact(s) on http://{host}:{port}/v1"
+                  + (" (API key required)" if key else ""))
+    run_server(backbone, artifacts, host=host, port=port, api_key=key, max_batch=max_batch,
+               max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit)
 
 
 @app.command()

@@ -1,15 +1,19 @@
 """Prompt-learning methods. Importing a method's module registers it; add one line per new method."""
 
 from . import (  # noqa: F401  (registration: one line per method)
+    ape,
+    apo,
     autoprompt,
     bbt,
     dept,
     edit_search,
     evolution,
+    evoprompt,
     fine_tune_head,
     instance_prompt,
     lopt,
     multitask_prompt_tuning,
+    opro,
     p_tuning,
     p_tuning_v2,
     pez,

@@ -75,14 +75,15 @@ class HardPromptSearch(Method):
         self.search(ctx)
         return self.finish()
 
-    def evaluate(self, prompts: list[HardPrompt]) -> list[float]:
-        """Train fitness of each prompt (accuracy, ties by cross-entropy), as many as the budget pays for."""
+    def evaluate(self, prompts: list[HardPrompt], origins: list[dict[str, Any]] | None = None) -> list[float]:
+        """Train fitness of each prompt (accuracy, ties by cross-entropy), as many as the budget pays for.
+        `origins` (one dict per prompt) go into the trace beside the score: how the candidate was made."""
         scores = self.train_scorer.score(prompts)
         out = []
-        for prompt, s in zip(prompts, scores, strict=False):
+        for i, (prompt, s) in enumerate(zip(prompts, scores, strict=False)):
             fit = self.train_scorer.fitness(s)
             if prompt.template not in self.pool:
-                self.state.record(fit, candidate=prompt.describe())
+                self.state.record(fit, candidate=prompt.describe(), **(origins[i] if origins else {}))
             self.pool[prompt.template] = (prompt, fit)
             out.append(fit)
         return out
