@@ -252,6 +252,48 @@ class CausalLMBackbone:
             word_scores = self._word_logprobs(hidden, answer_hidden, layout, flat)
         return _class_scores(word_scores, labels)
 
+    @torch.inference_mode()
+    def answer_hidden_mixed(
+        self, token_ids: Sequence[Sequence[int]], prompt_of: Sequence[int], prompts: Sequence[torch.Tensor],
+        max_row_tokens: int = 1024,
+    ) -> torch.Tensor:
+        """The hidden state at each example's answer position (batch, hidden), example i behind soft
+        prompt `prompts[prompt_of[i]]` (-1: none), all in one packed forward pass: what a server mixing
+        artifacts needs. The distinct prompts' keys/values are computed once (one block-diagonal pass,
+        positions restarting per prompt) and every example attends only to its own prompt's segment."""
+        single = LabelWords(words=(((0,),),))  # no word branches: only the answer position is read
+        layout = _PackedLayout.build(token_ids, single, max_row_tokens)
+        lengths = [int(p.shape[0]) for p in prompts]
+        total, rows = sum(lengths), layout.ids.shape[0]
+        segment = torch.cat([torch.full((n,), j) for j, n in enumerate(lengths)]) if total else torch.zeros(0)
+        cache = None
+        if total:
+            causal = torch.ones(total, total, dtype=torch.bool).tril()
+            allowed = (segment[:, None] == segment[None, :]) & causal
+            prefix_mask = torch.zeros(total, total, dtype=self.dtype)
+            prefix_mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+            positions = torch.cat([torch.arange(n) for n in lengths])
+            cache = self.decoder(
+                inputs_embeds=torch.cat([p.to(self.device, self.dtype) for p in prompts])[None],
+                attention_mask=prefix_mask[None, None].to(self.device), position_ids=positions[None].to(self.device),
+                use_cache=True,
+            ).past_key_values
+            if rows > 1:
+                cache.batch_repeat_interleave(rows)
+        mask = layout.attention_mask(total, self.dtype)
+        owner = torch.tensor(list(prompt_of) + [-1], dtype=torch.long)  # index -1 (pads) -> no prompt
+        query_prompt = owner[layout.unit]  # (R, L): the prompt each token belongs behind
+        if total:
+            sees = query_prompt[:, :, None] == segment[None, None, :].long()
+            mask[:, 0, :, :total] = torch.zeros_like(sees, dtype=self.dtype).masked_fill_(
+                ~sees, torch.finfo(self.dtype).min)
+        shift = torch.tensor(lengths + [0], dtype=torch.long)[query_prompt]
+        hidden = self.decoder(
+            inputs_embeds=self.embed(layout.ids.clamp(min=0)), attention_mask=mask.to(self.device),
+            position_ids=(layout.positions + shift).to(self.device), past_key_values=cache, use_cache=False,
+        ).last_hidden_state
+        return hidden[layout.answer_row, layout.answer_col]
+
     def _word_logprobs(self, hidden, answer_hidden, layout: _PackedLayout, flat) -> torch.Tensor:
         answer_lp = torch.log_softmax(self._logits(answer_hidden), dim=-1)  # (B, V)
         batch = answer_hidden.shape[0]

@@ -4,8 +4,9 @@ Requests from all clients queue up; the worker takes what is waiting (up to `max
 waiting at most `batch_wait_ms` for company) and runs it together:
 
 * classification rows whose prompt is text (hard, zero-shot) or a soft prompt, with single-token
-  label words, go into ONE forward pass, each row with its own prompt vectors, its own template
-  and its own label words (left-padded; positions count real tokens);
+  label words, go into ONE packed forward pass (`backbone.answer_hidden_mixed`), each example with
+  its own template, its own label words and its own prompt: the distinct soft prompts' keys/values
+  are computed once and each example attends only to its own;
 * generation rows with the same sampling settings likewise go into one `generate` call;
 * the rest (deep key/value prompts, DePT, instance-dependent prompts, boosted ensembles,
   multi-token label words) run through their artifact's own `Predictor`, batched per artifact.
@@ -199,7 +200,13 @@ class Engine:
         for start in range(0, len(rows), self.max_batch):
             chunk = rows[start : start + self.max_batch]
             ids = self.backbone.tokenize([p.predictor.render(t) for _, p, t in chunk])
-            hidden = self._last_hidden(ids, [p.soft for _, p, _ in chunk])
+            softs: dict[str, int] = {}
+            for _, p, _ in chunk:
+                if p.soft is not None and p.name not in softs:
+                    softs[p.name] = len(softs)
+            tensors = [self.prompts[name].soft for name in softs]
+            prompt_of = [softs.get(p.name, -1) for _, p, _ in chunk]
+            hidden = self.backbone.answer_hidden_mixed(ids, prompt_of, tensors)
             self.stats["forward_passes"] += 1
             labels = [p.predictor.label_words for _, p, _ in chunk]
             union = sorted({w[0] for lw in labels for w in lw.flat})
