@@ -242,3 +242,19 @@ def test_cli_refuses_a_missing_artifact_and_a_dead_llm_endpoint(data_dir, tmp_pa
     assert result.exit_code == 1 and "error: cannot reach the LLM endpoint" in result.output, result.output
     assert not (out / "prompt.json").exists()  # no artifact, but the failed call is in the ledger
     assert json.loads((out / "llm_ledger.jsonl").read_text().splitlines()[0])["error"]
+
+
+def test_the_task_model_can_be_an_endpoint_too(server, backbone, data_dir, tmp_path, monkeypatch):
+    """Prompts scored by a black-box task model over HTTP: its answers read as label words, each one
+    query of the budget, every call ledgered."""
+    monkeypatch.setenv("PT_TEST_KEY", KEY)
+    url = server["url"] + "/v1"
+    report = prompttune.train("opro", backbone, "sst2", data_dir, shots=2, dev_shots=2, seed=0, out=tmp_path / "r",
+                              eval_split="dev", eval_limit=8, progress=False, budget=200, iterations=1,
+                              candidates_per_step=1, llm_base_url=url, task_llm_base_url=url,
+                              task_llm="smollm2-135m", llm_api_key_env="PT_TEST_KEY",
+                              llm_cache=str(tmp_path / "c.sqlite"), llm_max_tokens=24)
+    info = report.meta["info"]
+    assert info["task_llm"]["calls"] == info["queries_used"] > 0  # one endpoint call per query
+    assert info["task_llm"]["errors"] == 0 and info["llm"]["calls"] >= 1
+    assert report.meta["history"][0]["op"] == "start"

@@ -246,7 +246,8 @@ def methods(
         model_config = AutoConfig.from_pretrained(resolve_model_source(model)[0])
         model_kind = "encoder" if is_encoder_config(model_config) else "causal-lm"
     table = Table(title="prompttune methods" + (f" (trainable parameters for {model})" if model else ""))
-    table.add_column("method", style="bold")
+    # The name is what users type: never wrapped, whatever the terminal width (the other columns give way).
+    table.add_column("method", style="bold", no_wrap=True, min_width=max(map(len, available_methods())))
     table.add_column("description")
     if model_config is not None:
         table.add_column("trainable", justify="right")

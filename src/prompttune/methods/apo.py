@@ -14,7 +14,6 @@ import random
 
 from pydantic import Field
 
-from ..search.engine import CandidateScorer
 from ..search.llm_search import LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 from .base import RunContext, register
 
@@ -70,7 +69,7 @@ class APO(LLMPromptSearch):
         rng = random.Random(ctx.seed)
         train = ctx.data.train
         self.chunks = [train[i : i + cfg.samples_per_eval] for i in range(0, len(train), cfg.samples_per_eval)]
-        self.chunk_scorers: dict[int, CandidateScorer] = {}
+        self.chunk_scorers: dict = {}
         beam = [self.base.instruction]
         for step in range(cfg.iterations):
             new, origins = [], []
@@ -123,10 +122,9 @@ class APO(LLMPromptSearch):
         picked = [self.chunks[j][i] for i in rng.sample(wrong, min(cfg.errors_per_gradient, len(wrong)))]
         return "\n".join(example_lines(self.ctx, picked))
 
-    def chunk_scorer(self, j: int) -> CandidateScorer:
+    def chunk_scorer(self, j: int):
         if j not in self.chunk_scorers:
-            self.chunk_scorers[j] = CandidateScorer(self.ctx.backbone, self.ctx.task, self.labels, self.chunks[j],
-                                                    self.state, f"train-chunk{j}")
+            self.chunk_scorers[j] = self.make_scorer(self.chunks[j], f"train-chunk{j}")
         return self.chunk_scorers[j]
 
     def ucb_select(self, candidates: list[str], k: int, rng: random.Random, cfg: APOConfig) -> list[str]:

@@ -15,12 +15,15 @@ import math
 import re
 from typing import Any
 
+import torch
 from pydantic import Field
 
 from ..llm import LLM, ChatRequest, LLMBudgetExhausted, make_llm
 from ..methods.base import MethodResult, RunContext
 from ..prompts.hard import HardPrompt
 from .base import HardPromptSearch, SearchConfig
+from .endpoint import EndpointScorer
+from .engine import CandidateScorer
 
 MAX_INSTRUCTION_CHARS = 300
 
@@ -38,6 +41,10 @@ class LLMSearchConfig(SearchConfig):
     llm_concurrency: int = Field(8, ge=1, description="LLM requests in flight at once (endpoints)")
     llm_temperature: float = Field(0.8, ge=0.0, le=2.0)
     llm_max_tokens: int = Field(96, ge=8, description="tokens per LLM answer")
+    task_llm_base_url: str | None = Field(
+        None, description="score prompts with a task model behind this OpenAI-compatible endpoint (its answers "
+                          "matched to the label words) instead of the local --model")
+    task_llm: str | None = Field(None, description="the endpoint's task model name (with task_llm_base_url)")
     replace_p: float = Field(
         0.1, gt=0.0, le=1.0,
         description="the starting prompt is replaced only when the pick beats it on dev with p below this "
@@ -64,6 +71,14 @@ class LLMPromptSearch(HardPromptSearch):
             backbone=ctx.backbone, ledger_path=ctx.out_dir / "llm_ledger.jsonl",
         )
         (ctx.out_dir / "llm_ledger.jsonl").unlink(missing_ok=True)
+        self.task_llm: LLM | None = None
+        if cfg.task_llm_base_url:
+            # Black-box task model: its own client (cache, ledger); its calls are the search's queries.
+            self.task_llm = make_llm(cfg.task_llm or cfg.llm, base_url=cfg.task_llm_base_url,
+                                     api_key_env=cfg.llm_api_key_env, cache=cfg.llm_cache,
+                                     max_concurrency=cfg.llm_concurrency)
+            self.train_scorer = self.make_scorer(ctx.data.train, "train")
+            self.dev_scorer = self.make_scorer(ctx.data.dev, "dev")
         self.base = self.base_prompt(ctx)
         self.evaluate([self.base], [{"op": "start"}])
         self.calls = 0
@@ -73,7 +88,10 @@ class LLMPromptSearch(HardPromptSearch):
             pass
         result = self.finish({"llm": self.llm.summary(), "llm_calls": self.llm.ledger,
                               "start_prompt": self.base.template})
-        return self.keep_start_unless_significant(result)
+        result = self.keep_start_unless_significant(result)
+        if self.task_llm is not None:  # after the dev pick, which queries the task endpoint too
+            result.info["task_llm"] = self.task_llm.summary()
+        return result
 
     def keep_start_unless_significant(self, result: MethodResult) -> MethodResult:
         """LLM-written candidates are many and dev sets few-shot small, so the best on dev is often best
@@ -85,7 +103,9 @@ class LLMPromptSearch(HardPromptSearch):
             return result
         mine, start = self.dev_scorer.score([chosen, self.base])
         golds = self.dev_scorer.golds
-        right, start_right = mine.argmax(1) == golds, start.argmax(1) == golds
+        # (an endpoint answer naming no label is all -inf: wrong, whatever argmax says)
+        right = (mine.argmax(1) == golds) & torch.isfinite(mine).any(1)
+        start_right = (start.argmax(1) == golds) & torch.isfinite(start).any(1)
         wins, losses = int((right & ~start_right).sum()), int((~right & start_right).sum())
         p = sign_test_p(wins, losses)
         result.info["vs_start_on_dev"] = {"wins": wins, "losses": losses, "p": round(p, 4)}
@@ -95,6 +115,12 @@ class LLMPromptSearch(HardPromptSearch):
         return result
 
     # ------------------------------------------------------------------ helpers for subclasses
+    def make_scorer(self, examples, name: str):
+        """Scores prompts on `examples`: the local model's engine, or the task endpoint."""
+        if self.task_llm is not None:
+            return EndpointScorer(self.task_llm, self.ctx.task, examples, self.state, name)
+        return CandidateScorer(self.ctx.backbone, self.ctx.task, self.labels, examples, self.state, name)
+
     def ask(self, prompts: list[str], purpose: str, n: int = 1, temperature: float | None = None) -> list[list[str]]:
         """The LLM's `n` answers to each prompt (as many prompts as the LLM budget pays for; an empty
         result means it is spent). Each request gets its own seed so reruns are identical."""
