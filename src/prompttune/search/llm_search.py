@@ -70,7 +70,8 @@ class LLMPromptSearch(HardPromptSearch):
             max_calls=cfg.max_llm_calls, max_tokens=cfg.max_llm_tokens, max_concurrency=cfg.llm_concurrency,
             backbone=ctx.backbone, ledger_path=ctx.out_dir / "llm_ledger.jsonl",
         )
-        (ctx.out_dir / "llm_ledger.jsonl").unlink(missing_ok=True)
+        if not ctx.resume:  # a resumed run appends: the interrupted run's calls stay on record
+            (ctx.out_dir / "llm_ledger.jsonl").unlink(missing_ok=True)
         self.task_llm: LLM | None = None
         if cfg.task_llm_base_url:
             # Black-box task model: its own client (cache, ledger); its calls are the search's queries.
