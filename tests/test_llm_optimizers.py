@@ -10,6 +10,7 @@ import prompttune
 from prompttune.api import held_out
 from prompttune.evaluation import evaluate_prompt
 from prompttune.prompts.hard import HardPrompt
+from prompttune.search.llm_search import extract_instructions, sign_test_p
 from prompttune.tasks import load_task
 
 HELD_OUT = 120
@@ -32,9 +33,13 @@ def test_optimiser_keeps_its_start_on_held_out_and_reruns_from_the_cache(method,
     first = prompttune.train(method, backbone, "sst2", data_dir, out=tmp_path / "a", **kwargs)
     info = first.meta["info"]
 
-    # the starting prompt on the same held-out sentences (when it was kept, that is the score itself)
+    # the starting prompt on the same held-out sentences; when it was kept, the score is its own and the
+    # rule that kept it must hold: no rewrite beat it on dev by the sign test
     start_accuracy = first.test.accuracy
-    if first.meta["text_prompt"]["template"] != info["start_prompt"]:
+    if first.meta["text_prompt"]["template"] == info["start_prompt"]:
+        vs = info.get("vs_start_on_dev")
+        assert vs is None or vs["p"] >= 0.1, vs  # None: the start was also the best on dev
+    else:
         task = load_task("sst2", data_dir)
         few = task.few_shot(4, 0, dev_shots=16)
         examples = held_out(task, "dev", few.train + few.dev, HELD_OUT)
@@ -58,6 +63,15 @@ def test_optimiser_keeps_its_start_on_held_out_and_reruns_from_the_cache(method,
     assert second.meta["info"]["llm"]["new_calls"] == 0
     assert second.meta["info"]["llm"]["calls"] == info["llm"]["calls"]
     assert second.meta["text_prompt"] == first.meta["text_prompt"] and second.meta["history"] == history
+
+
+def test_sign_test_and_instruction_extraction():
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(5, 0) == 1 / 32 and sign_test_p(5, 2) == 29 / 128
+    assert extract_instructions("Sure! <START>Say if the review is positive.<END> more") == [
+        "Say if the review is positive."]
+    assert extract_instructions("<INS>Rate it.</INS>", "<INS>", "</INS>") == ["Rate it."]
+    assert extract_instructions("Ok\n1. Decide whether the text is positive\nthen") == [
+        "Decide whether the text is positive"]
 
 
 def test_llm_budget_stops_cleanly(backbone, data_dir, tmp_path):

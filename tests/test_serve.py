@@ -79,10 +79,14 @@ def test_openai_client_lists_completes_chats_streams_and_classifies(server, back
     names = {m.id for m in client.models.list().data}
     assert names == {"smollm2-135m", "soft", "hard", "trec"}
 
-    done = client.completions.create(model="soft", prompt="a gripping, beautifully acted film", max_tokens=4,
+    # the text goes through the artifact's template once, its soft prompt in place
+    done = client.completions.create(model="soft", prompt="a gripping, beautifully acted film", max_tokens=8,
                                      temperature=0)
     soft = load(artifacts / "soft", model=backbone)
-    assert done.choices[0].text == soft.generate("a gripping, beautifully acted film", max_new_tokens=4)
+    assert done.choices[0].text == soft.generate("a gripping, beautifully acted film", max_new_tokens=8)
+    raw = client.completions.create(model="soft", prompt="The capital of France is", max_tokens=8, temperature=0,
+                                    extra_body={"raw": True})
+    assert raw.choices[0].text == soft.generate("The capital of France is", max_new_tokens=8, raw=True)
     assert done.usage.completion_tokens > 0
 
     messages = [{"role": "user", "content": "Name a colour."}]
@@ -149,7 +153,7 @@ def test_fifty_concurrent_clients_mixing_three_artifacts(server, record_property
         ({"model": "nope", "input": ["x"]}, 404, "model_not_found"),
         ({"model": "hard", "input": ["x" * 30_000]}, 413, "body_too_large"),
         ({"model": "hard"}, 400, "invalid_body"),
-        ({"model": "rte", "input": ["x"]}, 404, "model_not_found"),
+        ({"model": "hard", "input": []}, 400, "invalid_body"),
     ],
 )
 def test_bad_requests_get_clear_json_errors(server, body, status, code):

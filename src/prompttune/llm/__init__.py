@@ -38,11 +38,9 @@ def make_llm(
     """An `LLM` on an OpenAI-compatible endpoint when `base_url` is given (or `model` starts with
     "openai:"), else on an in-process transformers chat model (`backbone` reuses one already loaded).
     `cache`: "default" (the user cache dir), a path, or None for no cache."""
-    if model.startswith("openai:"):
-        model, base_url = model.removeprefix("openai:"), base_url
-        backend: ChatBackend = OpenAIBackend(model, base_url, api_key_env, timeout, max_retries, max_concurrency)
-    elif base_url:
-        backend = OpenAIBackend(model, base_url, api_key_env, timeout, max_retries, max_concurrency)
+    if base_url or model.startswith("openai:"):
+        backend: ChatBackend = OpenAIBackend(model.removeprefix("openai:"), base_url, api_key_env, timeout,
+                                             max_retries, max_concurrency)
     else:
         use = backbone if backbone is not None and getattr(backbone, "model_id", None) == model else None
         backend = LocalChatBackend(model, backbone=use)

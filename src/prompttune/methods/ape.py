@@ -11,7 +11,7 @@ import random
 
 from pydantic import Field
 
-from ..search.llm_search import LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
+from ..search.llm_search import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 from .base import RunContext, register
 
 INDUCE = """I gave a friend an instruction and {n} inputs. The friend read the instruction and wrote an output for \
@@ -20,13 +20,6 @@ every one of the inputs. Here are the input-output pairs:
 {demos}
 
 The instruction was"""
-
-RESAMPLE = """Generate a variation of the following instruction while keeping the semantic meaning.
-
-Input: {prompt}
-
-Output:"""
-
 
 class APEConfig(LLMSearchConfig):
     n_proposals: int = Field(4, ge=1, description="instructions induced from demonstrations")
@@ -58,7 +51,7 @@ class APE(LLMPromptSearch):
         scored.update({t: f for f, t in self.score_instructions(texts, origins)})
         for step in range(cfg.iterations - 1):
             top = sorted(scored, key=lambda t: -scored[t])[: cfg.keep]
-            answers = self.ask([RESAMPLE.format(prompt=t) for t in top], "resample", n=cfg.resamples)
+            answers = self.ask([PARAPHRASE.format(prompt=t) for t in top], "resample", n=cfg.resamples)
             texts, origins = [], []
             for parent, a in zip(top, answers, strict=False):
                 for variant in a:

@@ -14,7 +14,7 @@ import random
 
 from pydantic import Field
 
-from ..search.llm_search import LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
+from ..search.llm_search import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 from .base import RunContext, register
 
 GRADIENT = """I'm trying to write a zero-shot classifier prompt.
@@ -38,13 +38,6 @@ But it gets the following examples wrong:
 Based on these examples the problem with this prompt is that {gradient}
 
 Based on the above information, write an improved prompt. Wrap it with <START> and <END>."""
-
-PARAPHRASE = """Generate a variation of the following instruction while keeping the semantic meaning.
-
-Input: {prompt}
-
-Output:"""
-
 
 class APOConfig(LLMSearchConfig):
     beam: int = Field(2, ge=1, description="prompts kept per step")

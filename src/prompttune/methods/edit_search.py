@@ -15,18 +15,12 @@ import random
 from pydantic import Field
 
 from ..prompts.hard import HardPrompt
-from ..search.base import HardPromptSearch, SearchConfig
+from ..search.base import HardPromptSearch, SearchConfig, default_instruction
 from ..search.text_edits import Neighbours, edit
 from ..search.vocab import word_token_ids
 from .base import RunContext, register
 
 EDITS = ("del", "swap", "par", "add")
-
-
-def default_instruction(ctx: RunContext) -> str:
-    """A plain instruction built from the task's label words."""
-    words = [w[0].strip() for w in ctx.task.words()]
-    return f"Classify the text as one of: {', '.join(words)}."
 
 
 class EditSearchConfig(SearchConfig):

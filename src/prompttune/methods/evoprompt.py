@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..search.llm_search import LLMPromptSearch, LLMSearchConfig, extract_instructions
+from ..search.llm_search import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, extract_instructions
 from .base import RunContext, register
 
 GA = """Please follow the instruction step-by-step to generate a better prompt.
@@ -33,13 +33,6 @@ Prompt 3: {best}
 4. Cross over the prompt in the step 3 with the following basic prompt and generate a final prompt bracketed \
 with <prompt> and </prompt>:
 Basic Prompt: {base}"""
-
-PARAPHRASE = """Generate a variation of the following instruction while keeping the semantic meaning.
-
-Input: {prompt}
-
-Output:"""
-
 
 class EvoPromptConfig(LLMSearchConfig):
     variant: Literal["ga", "de"] = Field("ga", description="genetic algorithm or differential evolution")

@@ -21,6 +21,12 @@ from .engine import CandidateScorer
 from .state import SearchState
 
 
+def default_instruction(ctx: RunContext) -> str:
+    """A plain instruction built from the task's label words: where instruction searches start."""
+    words = [w[0].strip() for w in ctx.task.words()]
+    return f"Classify the text as one of: {', '.join(words)}."
+
+
 class SearchConfig(MethodConfig):
     budget: int = Field(
         3000,

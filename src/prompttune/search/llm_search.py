@@ -21,11 +21,18 @@ from pydantic import Field
 from ..llm import LLM, ChatRequest, LLMBudgetExhausted, make_llm
 from ..methods.base import MethodResult, RunContext
 from ..prompts.hard import HardPrompt
-from .base import HardPromptSearch, SearchConfig
+from .base import HardPromptSearch, SearchConfig, default_instruction
 from .endpoint import EndpointScorer
 from .engine import CandidateScorer
 
 MAX_INSTRUCTION_CHARS = 300
+
+# The Monte-Carlo resampling prompt of APE, also used by ProTeGi and EvoPrompt.
+PARAPHRASE = """Generate a variation of the following instruction while keeping the semantic meaning.
+
+Input: {prompt}
+
+Output:"""
 
 
 class LLMSearchConfig(SearchConfig):
@@ -151,11 +158,6 @@ def sign_test_p(wins: int, losses: int) -> float:
     if n == 0:
         return 1.0
     return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
-
-
-def default_instruction(ctx: RunContext) -> str:
-    words = [w[0].strip() for w in ctx.task.words()]
-    return f"Classify the text as one of: {', '.join(words)}."
 
 
 def extract_instructions(text: str, open_tag: str = "<START>", close_tag: str = "<END>") -> list[str]:

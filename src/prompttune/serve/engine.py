@@ -28,6 +28,7 @@ import torch
 from ..artifact import Predictor, check_backbone, read_artifact
 from ..errors import ConfigError
 from ..models import LabelWords
+from ..models.causal_lm import _class_scores
 
 MIXABLE_KINDS = ("none", "hard", "soft")
 
@@ -115,7 +116,8 @@ class Engine:
 
     def generate(self, name: str, texts: list[str], max_tokens: int, temperature: float = 0.0,
                  seed: int | None = None) -> Future:
-        """Future of [(text, n_prompt_tokens, n_completion_tokens, finish_reason)] per input text."""
+        """Future of [(text, n_prompt_tokens, n_completion_tokens, finish_reason)] per input text. The texts
+        are the model's input as they are: putting them through an artifact's template is the caller's."""
         return self._submit(_Job("generate", self.get(name), texts,
                                  {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}))
 
@@ -125,7 +127,7 @@ class Engine:
 
         served = self.get(name)
         ids, soft = self._gen_inputs(served, [text])
-        if served.predictor is not None and not served.mixable_generate:
+        if not served.mixable_generate:
             with self._gen_lock:
                 out = self._predictor_generate(served, [text], max_tokens, temperature)
             yield out[0][0]
@@ -234,7 +236,8 @@ class Engine:
                 job.future.set_result(results[id(job)])
 
     def _embed_rows(self, ids: list[list[int]], softs: list[torch.Tensor | None]):
-        """Left-padded (embeds, mask, positions): row i is its soft prompt (if any), then its tokens."""
+        """Left-padded (embeds, mask): row i is its soft prompt (if any), then its tokens. Unlike
+        `backbone.padded_inputs`, the rows' prompts may differ in length."""
         bb = self.backbone
         lengths = [len(x) + (s.shape[0] if s is not None else 0) for x, s in zip(ids, softs, strict=True)]
         width = max(lengths)
@@ -249,18 +252,11 @@ class Engine:
                 row = torch.cat([s.to(bb.device, bb.dtype), row], 0)
             embeds[i, width - len(row):] = row
             mask[i, width - len(row):] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        return embeds, mask.to(bb.device), positions.to(bb.device)
-
-    def _last_hidden(self, ids, softs) -> torch.Tensor:
-        embeds, mask, positions = self._embed_rows(ids, softs)
-        out = self.backbone.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
-        return out.last_hidden_state[:, -1]
+        return embeds, mask.to(bb.device)
 
     # ------------------------------------------------------------------ generation
     def _gen_inputs(self, served: ServedPrompt, texts: list[str]):
-        rendered = texts if served.predictor is None else [served.predictor.render(t) for t in texts]
-        return self.backbone.tokenize(rendered), [served.soft] * len(texts)
+        return self.backbone.tokenize(texts), [served.soft] * len(texts)
 
     def _generate_group(self, jobs: list[_Job]) -> None:
         temperature, seed = float(jobs[0].params["temperature"]), jobs[0].params["seed"]
@@ -294,7 +290,7 @@ class Engine:
     @torch.inference_mode()
     def _hf_generate(self, ids, softs, max_new: int, temperature: float, seed: int | None, streamer=None):
         bb = self.backbone
-        embeds, mask, _ = self._embed_rows(ids, softs)
+        embeds, mask = self._embed_rows(ids, softs)
         kwargs: dict[str, Any] = {"do_sample": temperature > 0}
         if temperature > 0:
             kwargs.update(temperature=temperature, top_k=0)
@@ -309,15 +305,15 @@ class Engine:
         kwargs = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
         out = []
         for t in texts:
-            text = served.predictor.generate(t, max_new_tokens=max_tokens, **kwargs)
-            n_prompt = len(self.backbone.tokenize([served.predictor.render(t)])[0])
+            text = served.predictor.generate(t, max_new_tokens=max_tokens, raw=True, **kwargs)
+            n_prompt = len(self.backbone.tokenize([t])[0])
             out.append((text, n_prompt, len(self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]),
                         "length"))
         return out
 
 
 def _class_logprobs(logits: torch.Tensor, labels: LabelWords, where: dict[int, int]) -> torch.Tensor:
-    """Log-probabilities over one row's classes from its label words' logits (a class with several
-    words: log-sum-exp of them), as `backbone.score` + log-softmax computes them."""
-    cls = [torch.logsumexp(torch.stack([logits[where[w[0]]] for w in words]), 0) for words in labels.words]
-    return torch.log_softmax(torch.stack(cls), -1)
+    """Log-probabilities over one row's classes from its label words' logits, aggregated as
+    `backbone.score` does (`_class_scores`), then log-softmax."""
+    words = torch.stack([logits[where[w[0]]] for w in labels.flat])
+    return torch.log_softmax(_class_scores(words[None], labels)[0], -1)
