@@ -28,7 +28,7 @@ from .evaluation import EvalResult, evaluate_prompt
 from .methods import RunContext, available_methods, get_method
 from .models import BACKBONE_TYPES, Backbone, load_backbone
 from .tasks import Example, Task, load_task
-from .training import CHECKPOINTS
+from .training import CHECKPOINTS, DataParallel
 from .utils.env import package_versions
 
 __all__ = ["TrainReport", "evaluate", "evaluate_artifact", "load", "train"]
@@ -162,9 +162,10 @@ def train(
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_artifact(out_dir, result.tensors, meta)
-    for ckpt in out_dir.glob(CHECKPOINTS):
-        ckpt.unlink()
+    if DataParallel.current().is_main:  # under `accelerate launch`, one process writes
+        write_artifact(out_dir, result.tensors, meta)
+        for ckpt in out_dir.glob(CHECKPOINTS):
+            ckpt.unlink()
     return TrainReport(out_dir, meta, dev, test, time.perf_counter() - started)
 
 

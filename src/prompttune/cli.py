@@ -392,6 +392,60 @@ def serve(
 
 @app.command()
 @_friendly
+def bench(
+    grid: Annotated[Path, typer.Argument(help="Grid YAML: models, tasks, shots, seeds, methods "
+                                         "(see docs/benchmarks.md).")],
+    db: Annotated[Path, typer.Option(help="SQLite results database; finished cells in it are skipped.")] = Path(
+        "runs.db"),
+    executor: Annotated[str, typer.Option(help="local (this machine) or ray (a Ray cluster).")] = "local",
+    workers: Annotated[int, typer.Option(help="local: worker processes running cells side by side.")] = 1,
+    address: Annotated[str | None, typer.Option(help="ray: cluster address, auto or ray://host:port (default: "
+                                                "start a local Ray).")] = None,
+    retries: Annotated[int | None, typer.Option(help="Attempts after the first for a failing cell (default: the "
+                                                "grid's `retries`, else 1).")] = None,
+    mlflow: Annotated[str | None, typer.Option("--mlflow", help="Log every run to this MLflow tracking URI.")] = None,
+    report_dir: Annotated[Path | None, typer.Option("--report", help="Also write the report here at the end.")] = None,
+) -> None:
+    """Run a grid of methods x tasks x shots x seeds x models; results go to a SQLite database."""
+    from .bench import load_grid, run_grid
+
+    spec = load_grid(grid)
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
+    summary = run_grid(spec, db, executor=executor, workers=workers, address=address, retries=retries,
+                       mlflow_uri=mlflow, console=err_console)
+    if report_dir is not None:
+        _report(db, report_dir)
+    print(summary.line(), flush=True)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _report(db: Path, out: Path) -> None:
+    from .bench import build_report, write_report
+
+    rep = build_report(db)
+    console.print(rep.rich_table())
+    for c in rep.claims:
+        colour = {"reproduced": "green", "not reproduced": "red"}.get(c["verdict"], "yellow")
+        console.print(f"[{colour}]{c['verdict']}[/]: {c['claim']} — {c['evidence']}", highlight=False)
+    paths = write_report(rep, out, title=f"prompttune benchmark: {db.name}")
+    console.print(f"wrote {paths['markdown']} and {paths['html']}", highlight=False)
+
+
+@app.command()
+@_friendly
+def report(
+    db: Annotated[Path, typer.Argument(help="Results database written by `prompttune bench`.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.md, report.html and the "
+                                             "plots (default: <db>.report/).")] = None,
+) -> None:
+    """Mean ± std and 95% CI per method x task over seeds, the grid's claims checked, and plots."""
+    _report(db, out or db.with_suffix(".report"))
+
+
+@app.command()
+@_friendly
 def demo(
     model: ModelOpt = "smollm2-135m",
     shots: Annotated[int, typer.Option(help="Training examples per class.")] = 16,

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from safetensors import safe_open
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 from .utils.io import atomic_save_tensors
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -87,6 +87,53 @@ def batch_indices(step: int, n_examples: int, batch_size: int, seed: int) -> lis
     return out
 
 
+@dataclass
+class DataParallel:
+    """This process's share of a data-parallel run (`accelerate launch` / torchrun, DDP semantics).
+
+    Every process holds the whole (small) prompt and sees the same global batch indices; each one
+    takes a strided slice, scales its loss by its share, and the gradients are summed across
+    processes before the step, so every process takes the step the single-process run would take
+    on the global batch. Process 0 alone writes checkpoints and artifacts.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> DataParallel:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        if not torch.distributed.is_initialized():
+            from accelerate import PartialState
+
+            PartialState()  # sets up the process group from the launcher's environment (gloo on CPU, nccl on GPU)
+        return cls(torch.distributed.get_rank(), torch.distributed.get_world_size())
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, indices: list[int]) -> list[int]:
+        return indices[self.rank :: self.world]
+
+    def all_reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            value = value.detach().clone()
+            torch.distributed.all_reduce(value)
+        return value
+
+
 def train_prompt(
     module: torch.nn.Module,
     loss_fn: Callable[[Sequence[int]], torch.Tensor],
@@ -114,6 +161,10 @@ def train_prompt(
     trainable = [p for g in groups for p in g["params"]]
     ckpt_every = cfg.checkpoint_every or cfg.eval_every
     ckpt_path = checkpoint_dir / checkpoint
+    dp = DataParallel.current()
+    if cfg.batch_size < dp.world:
+        raise ConfigError(f"batch_size {cfg.batch_size} is smaller than the {dp.world} data-parallel processes")
+    progress = progress and dp.is_main
 
     step, history = 0, []
     best: Evaluation | None = None
@@ -133,11 +184,14 @@ def train_prompt(
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, cfg) * g["lr_scale"]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(batch_indices(step, n_examples, cfg.batch_size, seed))
+            batch = batch_indices(step, n_examples, cfg.batch_size, seed)
+            share = dp.shard(batch)
+            loss = loss_fn(share) * (len(share) / len(batch))  # the shares' losses sum to the batch mean
             loss.backward()
+            dp.all_reduce_gradients(trainable)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
-            loss_value = float(loss.detach())
+            loss_value = float(dp.sum(loss.detach()))
             record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr_at(step, cfg)}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 ev = eval_fn()
@@ -146,7 +200,7 @@ def train_prompt(
                     best, best_state, best_step = ev, _snapshot(module), step
             history.append(record)
             bar.update(task_id, advance=1, loss=loss_value, dev=best.accuracy)
-            if step % ckpt_every == 0 or step == cfg.steps:
+            if dp.is_main and (step % ckpt_every == 0 or step == cfg.steps):
                 _save_checkpoint(ckpt_path, module, optimizer, step, best, best_step, best_state, history,
                                  fingerprint)
             for cb in callbacks:

@@ -1,0 +1,328 @@
+"""Reports over a results store: mean ± std and 95% CI per method x task, plots, claim checks.
+
+Writes `report.md` (with the plots as PNG files beside it) and `report.html` (plots embedded, one
+self-contained file) and returns a rich table for the terminal.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from ..errors import ConfigError
+from .store import ResultStore
+
+CLAIM_DEFAULT_TOLERANCE = {"better": 0.0, "at_least": 0.0, "within": 0.01, "close_to_oracle": 0.02}
+
+
+@dataclass
+class Stat:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / self.n
+
+    @property
+    def std(self) -> float:
+        if self.n < 2:
+            return 0.0
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+    @property
+    def ci95(self) -> tuple[float, float] | None:
+        """Student-t interval over seeds; None with one seed."""
+        if self.n < 2:
+            return None
+        try:
+            from scipy.stats import t
+        except ImportError:
+            raise ConfigError("confidence intervals need scipy: pip install 'prompttune[bench]'") from None
+
+        half = float(t.ppf(0.975, self.n - 1)) * self.std / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    def text(self) -> str:
+        ci = self.ci95
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        return f"{self.mean:.3f} ± {self.std:.3f}{ci_text} (n={self.n})"
+
+
+@dataclass
+class Report:
+    columns: list[str]                      # tasks
+    rows: list[str]                         # method labels (with model / shots where the grid varies them)
+    cells: dict[tuple[str, str], Stat]      # (row, column) -> accuracy over seeds
+    params: dict[str, float]                # row -> trainable parameters
+    seconds: dict[str, float]               # row -> mean wall seconds per run
+    best: dict[str, str]                    # column -> best row
+    points: list[dict[str, Any]]            # one per (row, task): for the plots
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    failed: int = 0
+
+    def rich_table(self) -> Table:
+        table = Table(title="accuracy on held-out data: mean ± std [95% CI] over seeds (best per task in bold)")
+        table.add_column("method", no_wrap=True)
+        for col in self.columns:
+            table.add_column(col)
+        table.add_column("trainable params", justify="right")
+        table.add_column("s / run", justify="right")
+        for row in self.rows:
+            cells = []
+            for col in self.columns:
+                stat = self.cells.get((row, col))
+                text = stat.text() if stat else "-"
+                cells.append(f"[bold green]{text}[/]" if self.best.get(col) == row else text)
+            table.add_row(row, *cells, f"{self.params[row]:,.0f}", f"{self.seconds[row]:.1f}")
+        return table
+
+    def markdown_table(self) -> str:
+        head = ["method", *self.columns, "trainable params", "s / run"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in self.rows:
+            cells = []
+            for col in self.columns:
+                stat = self.cells.get((row, col))
+                text = stat.text() if stat else "-"
+                cells.append(f"**{text}**" if self.best.get(col) == row else text)
+            lines.append(f"| {row} | " + " | ".join(cells) + f" | {self.params[row]:,.0f} | {self.seconds[row]:.1f} |")
+        return "\n".join(lines)
+
+    def claims_markdown(self) -> str:
+        if not self.claims:
+            return ""
+        lines = ["| claim | source | verdict | evidence |", "|---|---|---|---|"]
+        for c in self.claims:
+            lines.append(f"| {c['claim']} | {c.get('source', '')} | {c['verdict']} | {c['evidence']} |")
+        return "\n".join(lines)
+
+
+def build_report(db: str | Path) -> Report:
+    if not Path(db).is_file():
+        raise ConfigError(f"results database {db} does not exist (run `prompttune bench` first)")
+    store = ResultStore(db)
+    done, failed = store.rows("done"), store.rows("failed")
+    claims = store.get_meta("claims", [])
+    store.close()
+    if not done:
+        raise ConfigError(f"{db} holds no finished runs yet")
+    models = {r["model"] for r in done}
+    shots = {r["shots"] for r in done}
+
+    def row_name(r: dict[str, Any]) -> str:
+        name = r["label"]
+        if len(shots) > 1:
+            name += f" k={r['shots']}"
+        if len(models) > 1:
+            name += f" @{r['model']}"
+        return name
+
+    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
+    params: dict[str, list[float]] = defaultdict(list)
+    secs: dict[str, list[float]] = defaultdict(list)
+    columns: list[str] = []
+    rows: list[str] = []
+    for r in done:
+        row, col = row_name(r), Path(r["task"]).stem
+        rows += [row] if row not in rows else []
+        columns += [col] if col not in columns else []
+        acc[(row, col)].append(r["accuracy"])
+        params[row].append(r["trainable_parameters"] or 0)
+        secs[row].append(r["wall_seconds"] or 0.0)
+    cells = {k: Stat(v) for k, v in acc.items()}
+    best = {col: max((row for row in rows if (row, col) in cells), key=lambda row: cells[(row, col)].mean)
+            for col in columns}
+    points = [{"row": row, "task": col, "accuracy": cells[(row, col)].mean, "std": cells[(row, col)].std,
+               "params": _mean(params[row]), "seconds": _mean(secs[row])} for (row, col) in cells]
+    report = Report(columns, rows, cells, {r: _mean(v) for r, v in params.items()},
+                    {r: _mean(v) for r, v in secs.items()}, best, points, failed=len(failed))
+    report.claims = [check_claim(c, done) for c in claims]
+    return report
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def check_claim(claim: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, Any]:
+    """Verdict on one claim: reproduced, not reproduced or not yet runnable, with the numbers."""
+    from ..methods import available_methods
+
+    kind = next(k for k in CLAIM_DEFAULT_TOLERANCE if k in claim)
+    tol = float(claim.get("tolerance", CLAIM_DEFAULT_TOLERANCE[kind]))
+    names = [claim[kind]] + ([claim["than"]] if "than" in claim else [])
+    out = {"claim": claim["claim"], "source": claim.get("source", ""), "kind": kind}
+    missing = [n for n in names if n not in available_methods() and not any(r["label"] == n for r in done)]
+    if missing:
+        return {**out, "verdict": "not yet runnable", "evidence": f"no method {', '.join(missing)} on main"}
+
+    def runs(name: str) -> list[dict[str, Any]]:
+        by_label = [r for r in done if r["label"] == name]
+        return by_label or [r for r in done if r["method"] == name]
+
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    tasks = claim.get("tasks")
+    for name in names:
+        for r in runs(name):
+            task = Path(r["task"]).stem
+            if tasks and task not in tasks:
+                continue
+            group = (task, r["model"], r["shots"])
+            if kind == "close_to_oracle":
+                m = r["metrics"]
+                if "oracle_accuracy" in m:
+                    groups[group]["gap"].append(m["oracle_accuracy"] - m["picked_accuracy"])
+            else:
+                groups[group][name].append(r["accuracy"])
+    verdicts = []
+    for (task, model, shots), values in sorted(groups.items()):
+        where = f"{task} k={shots}" + (f" {model}" if len({r['model'] for r in done}) > 1 else "")
+        if kind == "close_to_oracle":
+            if not values["gap"]:
+                continue
+            gap = _mean(values["gap"])
+            verdicts.append((gap <= tol, f"{where}: oracle − picked {gap:+.3f}"))
+            continue
+        a, b = values.get(names[0]), values.get(names[1])
+        if not a or not b:
+            continue
+        ma, mb = _mean(a), _mean(b)
+        holds = {"better": ma > mb + tol, "at_least": ma >= mb - tol, "within": abs(ma - mb) <= tol}[kind]
+        verdicts.append((holds, f"{where}: {ma:.3f} vs {mb:.3f}"))
+    if not verdicts:
+        return {**out, "verdict": "not yet runnable", "evidence": "no finished runs of " + " and ".join(names)}
+    held = sum(ok for ok, _ in verdicts)
+    verdict = "reproduced" if held == len(verdicts) else "not reproduced"
+    evidence = "; ".join(("✓ " if ok else "✗ ") + text for ok, text in verdicts)
+    return {**out, "verdict": verdict, "evidence": f"{held}/{len(verdicts)} settings hold (tol {tol}): {evidence}"}
+
+
+def _plots(report: Report) -> dict[str, bytes]:
+    """The three figures as PNG bytes: accuracy vs. trainable parameters, vs. wall time, vs. shots."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the report's plots need matplotlib: pip install 'prompttune[bench]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures: dict[str, bytes] = {}
+    markers = "osD^v<>pP*X"
+    task_marker = {t: markers[i % len(markers)] for i, t in enumerate(report.columns)}
+    base_rows = sorted({p["row"].split(" k=")[0] for p in report.points})
+    colour = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(base_rows)}
+    for key, xlabel, xscale in (("params", "trainable parameters", "symlog"), ("seconds", "wall seconds per run",
+                                                                                "log")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for p in report.points:
+            base = p["row"].split(" k=")[0]
+            ax.errorbar(max(p[key], 1e-3 if xscale == "log" else 0), p["accuracy"], yerr=p["std"],
+                        marker=task_marker[p["task"]], color=colour[base], linestyle="none", capsize=3)
+        _legend(ax, colour, task_marker)
+        ax.set_xscale(xscale)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out accuracy")
+        ax.grid(alpha=0.3)
+        figures[f"accuracy_vs_{key}"] = _png(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for p in report.points:
+        base, _, k = p["row"].partition(" k=")
+        shots = int(k.split()[0]) if k else 0
+        by_base[base][shots].append(p["accuracy"])
+    for base, series in by_base.items():
+        xs = sorted(series)
+        ax.plot(xs, [_mean(series[x]) for x in xs], marker="o", color=colour[base], label=base)
+    ax.set_xlabel("shots per class (k)")
+    ax.set_ylabel("held-out accuracy (mean over tasks and seeds)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    figures["accuracy_vs_shots"] = _png(fig)
+    return figures
+
+
+def _legend(ax, colour, task_marker) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=r) for r, c in colour.items()]
+    handles += [Line2D([], [], color="grey", marker=m, linestyle="none", label=t) for t, m in task_marker.items()]
+    ax.legend(handles=handles, fontsize=7, loc="best")
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_report(report: Report, out_dir: str | Path, title: str = "prompttune benchmark") -> dict[str, Path]:
+    """report.md + PNGs and a self-contained report.html in `out_dir`; returns their paths."""
+    from ..utils.io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _plots(report)
+    for name, data in figures.items():
+        (out / f"{name}.png").write_bytes(data)
+    claims = report.claims_markdown()
+    md = [f"# {title}", "", report.markdown_table(), ""]
+    if report.failed:
+        md += [f"{report.failed} run(s) failed; see the `error` column of the database.", ""]
+    if claims:
+        md += ["## Claims", "", claims, ""]
+    md += ["## Plots", ""] + [f"![{n}]({n}.png)" for n in figures] + [""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "report.html", _html(report, figures, title))
+    return {"markdown": out / "report.md", "html": out / "report.html"}
+
+
+def _html(report: Report, figures: dict[str, bytes], title: str) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in ["method", *report.columns, "trainable params", "s / run"])
+    body = []
+    for row in report.rows:
+        tds = [f"<td>{esc(row)}</td>"]
+        for col in report.columns:
+            stat = report.cells.get((row, col))
+            text = esc(stat.text()) if stat else "-"
+            tds.append(f'<td class="best">{text}</td>' if report.best.get(col) == row else f"<td>{text}</td>")
+        tds += [f"<td>{report.params[row]:,.0f}</td>", f"<td>{report.seconds[row]:.1f}</td>"]
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    claims = ""
+    if report.claims:
+        rows = "".join(
+            f"<tr><td>{esc(c['claim'])}</td><td>{esc(c.get('source', ''))}</td>"
+            f"<td class='{c['verdict'].replace(' ', '-')}'>{esc(c['verdict'])}</td><td>{esc(c['evidence'])}</td></tr>"
+            for c in report.claims
+        )
+        claims = ("<h2>Claims</h2><table id='claims'><tr><th>claim</th><th>source</th><th>verdict</th>"
+                  f"<th>evidence</th></tr>{rows}</table>")
+    images = "".join(
+        f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"><figcaption>'
+        f"{esc(n.replace('_', ' '))}</figcaption></figure>" for n, d in figures.items()
+    )
+    style = ("body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"
+             ".best{font-weight:bold;background:#e6f4ea}.reproduced{color:#137333}.not-reproduced{color:#b3261e}"
+             "figure{display:inline-block;margin:0 1em 1em 0}img{max-width:640px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{style}</style>"
+            f"</head><body><h1>{esc(title)}</h1><p>Held-out accuracy, mean ± std [95% CI] over seeds; best per "
+            f"task in bold.</p><table id='results'><tr>{head}</tr>{''.join(body)}</table>{claims}"
+            f"<h2>Plots</h2>{images}</body></html>\n")

@@ -1,0 +1,288 @@
+"""Running a grid: each cell is one `prompttune.train` call; executors spread the cells.
+
+The driver owns the SQLite store: workers (in-process, worker processes or Ray tasks) only run
+`run_cell` and hand back a plain dict, so the results land in one file whichever executor ran them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..errors import ConfigError, PromptTuneError
+from .grid import Cell, Grid
+from .store import ResultStore
+
+_BACKBONES: dict[str, Any] = {}  # one loaded model per worker process, reused by its cells
+
+
+@dataclass
+class BenchSummary:
+    runs: int
+    done: int
+    failed: int
+    skipped: int
+
+    def line(self) -> str:
+        return f"runs={self.runs} done={self.done} failed={self.failed} skipped={self.skipped}"
+
+
+def _backbone(model: str):
+    from ..models import load_backbone
+
+    if model not in _BACKBONES:
+        _BACKBONES[model] = load_backbone(model)
+    return _BACKBONES[model]
+
+
+def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -> dict[str, Any]:
+    """Train and score one cell; returns what the store records. Resumes from a checkpoint in `run_dir`."""
+    import torch
+
+    from .. import api
+
+    if threads:
+        torch.set_num_threads(threads)
+    _quiet()
+    started = time.perf_counter()
+    backbone = _backbone(config["model"])
+    report = api.train(
+        config["method"], backbone, config["task"], config["data_dir"], config["shots"], config["seed"], run_dir,
+        dev_shots=config["dev_shots"], eval_split=config["eval_split"], eval_limit=config["eval_limit"],
+        resume=True, progress=False, **config["params"],
+    )
+    meta = report.meta
+    info = meta.get("info", {})
+    metrics: dict[str, Any] = {"dev": meta["metrics"]["dev"], **({"eval": meta["metrics"]["eval"]}
+                                                                  if "eval" in meta["metrics"] else {})}
+    if config["method"] == "select":
+        metrics.update(_oracle(config, backbone, meta))
+    scored = report.test or report.dev
+    llm = info.get("llm_calls")
+    return {
+        "accuracy": scored.accuracy, "macro_f1": scored.macro_f1, "dev_accuracy": report.dev.accuracy,
+        "eval_size": scored.n, "trainable_parameters": meta["trainable_parameters"],
+        "wall_seconds": round(time.perf_counter() - started, 2), "queries": info.get("queries_used"),
+        "llm_calls": len(llm) if isinstance(llm, list) else llm, "artifact": str(report.out_dir),
+        "metrics": metrics, "versions": meta["versions"], "worker": f"{os.uname().nodename}:{os.getpid()}",
+    }
+
+
+def _quiet() -> None:
+    """Worker processes (pool, Ray) keep transformers' loading bars out of the bench output."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _oracle(config: dict[str, Any], backbone, meta: dict[str, Any]) -> dict[str, Any]:
+    """Held-out accuracy of every candidate of a selection run: the oracle is the best of them."""
+    from types import SimpleNamespace
+
+    from ..api import held_out
+    from ..evaluation import evaluate_prompt
+    from ..methods import get_method
+    from ..tasks import load_task
+
+    task = load_task(config["task"], config["data_dir"])
+    fewshot = task.few_shot(config["shots"], config["seed"], config["dev_shots"])
+    examples = held_out(task, config["eval_split"] or task.eval_split_name, fewshot.train + fewshot.dev,
+                        config["eval_limit"])
+    labels = backbone.label_words(task.words(), task.labels)
+    prompts = get_method("select").from_params(config["params"]).candidates(SimpleNamespace(task=task))
+    scores = [evaluate_prompt(backbone, task, labels, examples, p).accuracy for p in prompts]
+    picked = meta["info"]["picked"]
+    return {"candidates_accuracy": scores, "oracle_accuracy": max(scores), "picked_accuracy": scores[picked]}
+
+
+def _describe(cell: Cell) -> str:
+    return f"{cell.method.label} | {Path(cell.task).stem} | {cell.model} | k={cell.shots} seed={cell.seed}"
+
+
+def run_grid(
+    grid: Grid,
+    db: str | Path = "runs.db",
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
+    retries: int | None = None,
+    mlflow_uri: str | None = None,
+    console: Console | None = None,
+    on_result: Callable[[Cell, dict[str, Any] | None], None] | None = None,
+) -> BenchSummary:
+    """Run every cell of `grid` not yet done in `db`; returns the counts of the final line."""
+    console = console or Console(stderr=True)
+    store = ResultStore(db)
+    runs_dir = Path(grid.runs_dir or f"{Path(db).with_suffix('')}.runs")
+    cells = grid.cells()
+    store.add_cells(cells)
+    store.set_meta("claims", grid.claims)
+    store.set_meta("grid", str(grid.path))
+    todo = [c for c in cells if store.status(c.key) != "done"]
+    skipped = len(cells) - len(todo)
+    max_attempts = 1 + (grid.retries if retries is None else retries)
+    logger = _mlflow_logger(mlflow_uri, grid) if mlflow_uri else None
+    counts = {"done": 0, "failed": 0}
+    console.print(f"[bold]{len(cells)}[/] runs in the grid, {skipped} already done, {len(todo)} to run "
+                  f"({executor} executor) -> {db}")
+
+    def record(cell: Cell, result: dict[str, Any] | None, error: str | None, attempt: int) -> bool:
+        """Store one attempt's outcome; True when the cell should be tried again."""
+        if result is not None:
+            store.finish(cell.key, result)
+            counts["done"] += 1
+            console.print(f"  [green]done[/]  {_describe(cell)}  acc={result['accuracy']:.3f} "
+                          f"({result['wall_seconds']:.0f}s)")
+            if logger:
+                logger(cell, result)
+            if on_result:
+                on_result(cell, result)
+            return False
+        if attempt < max_attempts:
+            console.print(f"  [yellow]retry[/] {_describe(cell)} (attempt {attempt} of {max_attempts}): "
+                          f"{(error or '').strip().splitlines()[-1]}")
+            return True
+        store.fail(cell.key, error or "unknown error")
+        counts["failed"] += 1
+        console.print(f"  [red]failed[/] {_describe(cell)}: {(error or '').strip().splitlines()[-1]}")
+        if on_result:
+            on_result(cell, None)
+        return False
+
+    if executor == "local" and workers <= 1:
+        for cell in todo:
+            while True:
+                attempt = store.start(cell.key, "local")
+                result, error = None, None
+                try:
+                    result = run_cell(cell.config, str(runs_dir / cell.key))
+                except PromptTuneError as exc:  # bad input: the same next time, no point retrying
+                    error, attempt = f"{type(exc).__name__}: {exc}", max_attempts
+                except Exception:  # noqa: BLE001 - a run's failure is recorded, the grid goes on
+                    error = traceback.format_exc()
+                if not record(cell, result, error, attempt):
+                    break
+    elif executor == "local":
+        _run_pool(todo, store, runs_dir, workers, record)
+    elif executor == "ray":
+        _run_ray(todo, store, runs_dir, grid, address, record)
+    else:
+        raise ConfigError(f"--executor {executor!r}: expected local or ray")
+    store.close()
+    return BenchSummary(len(cells), counts["done"], counts["failed"], skipped)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_pool(todo: list[Cell], store: ResultStore, runs_dir: Path, workers: int, record) -> None:
+    """N worker processes (spawned: torch and fork do not mix); a dead worker's cell is retried."""
+    import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    queue = list(todo)
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                   initargs=(threads,))
+
+    pool = new_pool()
+    running: dict[Any, tuple[Cell, int]] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                cell = queue.pop(0)
+                attempt = store.start(cell.key, "process")
+                running[pool.submit(run_cell, cell.config, str(runs_dir / cell.key))] = (cell, attempt)
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                cell, attempt = running.pop(fut)
+                try:
+                    result, error = fut.result(), None
+                except BrokenProcessPool:
+                    result, error, broken = None, "worker process died (killed or out of memory)", True
+                except PromptTuneError as exc:
+                    result, error, attempt = None, f"{type(exc).__name__}: {exc}", 10**9
+                except Exception as exc:  # noqa: BLE001
+                    result, error = None, "".join(traceback.format_exception(exc))
+                if record(cell, result, error, attempt):
+                    queue.insert(0, cell)
+            if broken:  # every other future of a broken pool is lost too: requeue them and start over
+                for fut, (cell, _attempt) in running.items():
+                    fut.cancel()
+                    queue.insert(0, cell)
+                running.clear()
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = new_pool()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_ray(todo: list[Cell], store: ResultStore, runs_dir: Path, grid: Grid, address: str | None, record) -> None:
+    """Each cell a Ray task with the grid's per-run resources; results come back to this driver."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray: pip install 'prompttune[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    cpus, gpus = grid.resources.get("cpus", 1), grid.resources.get("gpus", 0)
+    remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_cell)
+    queue = list(todo)
+    running: dict[Any, tuple[Cell, int]] = {}
+    while queue or running:
+        while queue:
+            cell = queue.pop(0)
+            attempt = store.start(cell.key, "ray")
+            running[remote.remote(cell.config, str((runs_dir / cell.key).resolve()), max(1, int(cpus)))] = (
+                cell, attempt)
+        ready, _ = ray.wait(list(running), num_returns=1)
+        for ref in ready:
+            cell, attempt = running.pop(ref)
+            try:
+                result, error = ray.get(ref), None
+            except Exception as exc:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, ...
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, PromptTuneError):
+                    result, error, attempt = None, f"{type(cause).__name__}: {cause}", 10**9
+                else:
+                    result, error = None, str(exc)
+            if record(cell, result, error, attempt):
+                queue.append(cell)
+
+
+def _mlflow_logger(uri: str, grid: Grid):
+    """Log every finished cell as an MLflow run: params, metrics and the artifact directory."""
+    try:
+        import mlflow
+    except ImportError:
+        raise ConfigError("--mlflow needs MLflow: pip install 'prompttune[mlflow]'") from None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(f"prompttune-{grid.path.stem}")
+
+    def log(cell: Cell, result: dict[str, Any]) -> None:
+        name = f"{cell.method.label}/{Path(cell.task).stem}/k{cell.shots}/s{cell.seed}"
+        with mlflow.start_run(run_name=name, tags={"prompttune.key": cell.key}):
+            params = {k: v for k, v in cell.config.items() if k != "params"}
+            params.update({f"hp.{k}": v for k, v in cell.method.params.items()})
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_metrics({k: float(result[k]) for k in ("accuracy", "macro_f1", "dev_accuracy",
+                                                               "wall_seconds", "trainable_parameters")
+                                if result.get(k) is not None})
+            mlflow.log_artifacts(result["artifact"], artifact_path="prompt")
+
+    return log

@@ -1,0 +1,238 @@
+"""The benchmark runner: grid validation, local and Ray executors, kill-and-resume, reports in a browser, MLflow,
+and data-parallel training under `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from prompttune.bench import build_report, load_grid, run_grid, write_report
+from prompttune.bench import runner as bench_runner
+from prompttune.errors import ConfigError
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+BIN = Path(sys.executable).parent
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text.strip() + "\n", encoding="utf-8")
+    return path
+
+
+GRID = """
+models: [smollm2-135m]
+tasks: [sst2, trec]
+data_dir: {data}
+shots: [2]
+seeds: [0, 1]
+eval_limit: 24
+methods:
+  - zero-shot
+  - {{name: prompt-tuning, steps: 3, eval_every: 3, batch_size: 4}}
+claims:
+  - {{claim: prompt tuning beats zero-shot, source: Lester et al. 2021, better: prompt-tuning, than: zero-shot}}
+  - {{claim: a method main does not have, better: no-such-method, than: zero-shot}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "needle"),
+    [
+        ("methods:\n  - zero-shot\n  - {name: prompt-tunning, steps: 3}", 8, "methods[1].name"),
+        ("methods:\n  - zero-shot\n  - name: prompt-tuning\n    stepz: 3", 9, "'stepz' is not a hyper-parameter"),
+        ("methods:\n  - {name: prompt-tuning, steps: -1}", 7, "methods[0].steps"),
+    ],
+)
+def test_malformed_method_entries_name_the_line_and_key(tmp_path, data_dir, body, line, needle):
+    head = f"models: [smollm2-135m]\ntasks: [sst2]\ndata_dir: {data_dir}\nshots: [4]\nseeds: [0]\n"
+    path = _write(tmp_path / "grid.yaml", head + body)
+    with pytest.raises(ConfigError) as err:
+        load_grid(path)
+    assert f"{path}:{line}:" in str(err.value) and needle in str(err.value), str(err.value)
+
+
+def test_malformed_grid_is_rejected_before_anything_runs(tmp_path, data_dir):
+    cases = {
+        "unknown task": (f"models: [smollm2-135m]\ntasks: [sst2, sst3]\ndata_dir: {data_dir}\nshots: [4]\n"
+                         "seeds: [0]\nmethods: [zero-shot]", ":2: tasks[1]", "sst3"),
+        "empty axis": (f"models: [smollm2-135m]\ntasks: [sst2]\ndata_dir: {data_dir}\nshots: [4]\nseeds: []\n"
+                       "methods: [zero-shot]", ":5: seeds", "empty axis"),
+        "unknown key": (f"models: [smollm2-135m]\ntasks: [sst2]\ndata_dir: {data_dir}\nshots: [4]\nseeds: [0]\n"
+                        "methods: [zero-shot]\neval_limt: 10", ":7: eval_limt", "unknown key"),
+    }
+    for name, (text, where, needle) in cases.items():
+        path = _write(tmp_path / f"{name.replace(' ', '_')}.yaml", text)
+        with pytest.raises(ConfigError) as err:
+            load_grid(path)
+        assert f"{path}{where}" in str(err.value) and needle in str(err.value), (name, str(err.value))
+    # the CLI prints the one line and exits 1 without creating the database or running anything
+    db = tmp_path / "runs.db"
+    bad = _write(tmp_path / "bad.yaml", cases["unknown task"][0])
+    proc = subprocess.run([str(BIN / "prompttune"), "bench", str(bad), "--db", str(db)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "tasks[1]" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not db.exists()
+
+
+def test_grid_runs_locally_and_on_ray_with_the_same_metrics_and_reports(tmp_path, data_dir, backbone, record_property):
+    pytest.importorskip("ray")
+    grid = load_grid(_write(tmp_path / "grid.yaml", GRID.format(data=data_dir)))
+    assert len(grid.cells()) == 8
+    bench_runner._BACKBONES["smollm2-135m"] = backbone  # the local executor reuses the session's model
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the test's tracking store is a folder; users point at a server
+    mlruns = (tmp_path / "mlruns").as_uri()
+    started = time.perf_counter()
+    local = run_grid(grid, tmp_path / "local.db", executor="local", mlflow_uri=mlruns)
+    local_s = time.perf_counter() - started
+    assert (local.runs, local.done, local.failed, local.skipped) == (8, 8, 0, 0)
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        started = time.perf_counter()
+        remote = run_grid(grid, tmp_path / "ray.db", executor="ray")
+        ray_s = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+    assert (remote.done, remote.failed) == (8, 0)
+    record_property("figure", f"bench 8 cells: local {local_s:.0f}s, ray(2 cpus) {ray_s:.0f}s")
+
+    def results(db):
+        with sqlite3.connect(db) as conn:
+            return {key: (acc, f1, params, worker) for key, acc, f1, params, worker in conn.execute(
+                "SELECT key, accuracy, macro_f1, trainable_parameters, worker FROM runs WHERE status='done'")}
+
+    a, b = results(tmp_path / "local.db"), results(tmp_path / "ray.db")
+    assert a.keys() == b.keys() and len(a) == 8
+    for key in a:
+        assert a[key][:3] == pytest.approx(b[key][:3], abs=1e-9), key
+    assert len({w for *_, w in b.values()} - {w for *_, w in a.values()}) >= 1  # ray ran them in other processes
+
+    # a rerun skips every finished cell
+    again = run_grid(grid, tmp_path / "local.db")
+    assert again.line() == "runs=8 done=0 failed=0 skipped=8"
+
+    # MLflow got one run per cell with its parameters, metrics and the artifact directory
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlruns)
+    runs = client.search_runs([client.get_experiment_by_name("prompttune-grid").experiment_id])
+    assert len(runs) == 8
+    one = runs[0]
+    assert {"method", "task", "seed", "shots"} <= set(one.data.params) and "accuracy" in one.data.metrics
+    assert "prompt/prompt.json" in {f.path for f in client.list_artifacts(one.info.run_id, "prompt")}
+
+    # the report: mean ± std and CI per method x task, claims judged, plots; the HTML renders in Chromium
+    report = build_report(tmp_path / "local.db")
+    assert report.rows == ["zero-shot", "prompt-tuning"] and report.columns == ["sst2", "trec"]
+    stat = report.cells[("prompt-tuning", "trec")]
+    assert stat.n == 2 and stat.ci95 is not None and stat.ci95[0] <= stat.mean <= stat.ci95[1]
+    verdicts = {c["claim"]: c["verdict"] for c in report.claims}
+    assert verdicts["a method main does not have"] == "not yet runnable"
+    assert verdicts["prompt tuning beats zero-shot"] in ("reproduced", "not reproduced")
+    paths = write_report(report, tmp_path / "report")
+    md = paths["markdown"].read_text()
+    assert "| zero-shot |" in md and "accuracy_vs_params.png" in md
+    assert (tmp_path / "report/accuracy_vs_shots.png").stat().st_size > 5000
+    _check_in_browser(paths["html"], tmp_path / "report.png")
+
+
+def _check_in_browser(html: Path, screenshot: Path) -> None:
+    if CHROMIUM is None:
+        if os.environ.get("PROMPTTUNE_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (CI installs Debian's chromium in .ci/run)")
+        pytest.skip("Debian's chromium is not installed: apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(html.as_uri())
+        page.screenshot(path=str(screenshot), full_page=True)
+        rows = page.locator("#results tr").count()
+        cells = page.locator("#results td").all_inner_texts()
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+        verdicts = page.locator("#claims td").all_inner_texts()
+        browser.close()
+    assert rows == 3 and "prompt-tuning" in cells and any("±" in c for c in cells)
+    assert len(widths) == 3 and all(w > 100 for w in widths), widths  # the three plots decoded and laid out
+    assert "not yet runnable" in verdicts
+    assert screenshot.stat().st_size > 20_000
+
+
+def test_killed_bench_reruns_only_the_missing_cells(tmp_path, data_dir):
+    grid = _write(tmp_path / "grid.yaml", f"""
+models: [smollm2-135m]
+tasks: [sst2, trec]
+data_dir: {data_dir}
+shots: [4]
+seeds: [0, 1, 2]
+eval_limit: 24
+methods: [zero-shot]
+""")
+    db = tmp_path / "runs.db"
+    cmd = [str(BIN / "prompttune"), "bench", str(grid), "--db", str(db)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    deadline = time.time() + 300
+    first: dict[str, float] = {}
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            with sqlite3.connect(db, timeout=30) as conn:
+                rows = conn.execute("SELECT key, status, finished FROM runs").fetchall()
+            done = {k: f for k, s, f in rows if s == "done"}
+            if len(done) >= 2 and any(s == "running" for _, s, _ in rows):
+                os.killpg(proc.pid, signal.SIGKILL)  # mid-cell: one is running, the rest pending
+                first = done
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert first, "the bench finished or stalled before it could be killed midway"
+    assert 2 <= len(first) < 6
+
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"runs=6 done={6 - len(first)} failed=0 skipped={len(first)}"
+    with sqlite3.connect(db) as conn:
+        rows = {k: (s, f, a) for k, s, f, a in conn.execute("SELECT key, status, finished, attempts FROM runs")}
+    assert all(s == "done" for s, _, _ in rows.values())
+    assert all(rows[k][1] == f and rows[k][2] == 1 for k, f in first.items())  # finished cells were not re-run
+    assert sorted(a for _, _, a in rows.values()).count(2) == 1  # the cell killed mid-run ran a second time
+
+
+def test_data_parallel_training_matches_one_process(tmp_path, data_dir):
+    """`accelerate launch` with 2 CPU processes (gloo) learns the prompt one process learns on the same global batch."""
+    args = ["train", "--method", "prompt-tuning", "--task", "sst2", "--data-dir", str(data_dir), "--shots", "4",
+            "--steps", "4", "--batch-size", "8", "-p", "eval_every=4", "--eval-limit", "16", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([str(BIN / "prompttune"), *args, "--out", str(tmp_path / "one")], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", str(BIN / "prompttune")]
+    ddp = subprocess.run([*launch, *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = json.loads((tmp_path / "one/prompt.json").read_text())
+    two = json.loads((tmp_path / "two/prompt.json").read_text())
+    assert one["info"]["best_step"] == two["info"]["best_step"] == 4  # the trained prompt, not the initial one
+    losses = [[h["loss"] for h in m["history"] if "loss" in h] for m in (one, two)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4) and losses[0][-1] < losses[0][0]
+    a = load_file(str(tmp_path / "one/prompt.safetensors"))["prompt"]
+    b = load_file(str(tmp_path / "two/prompt.safetensors"))["prompt"]
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert not list((tmp_path / "two").glob("checkpoint*"))
