@@ -236,3 +236,33 @@ def test_data_parallel_training_matches_one_process(tmp_path, data_dir):
     b = load_file(str(tmp_path / "two/prompt.safetensors"))["prompt"]
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     assert not list((tmp_path / "two").glob("checkpoint*"))
+
+
+def test_a_failing_cell_is_retried_then_recorded_failed(tmp_path, data_dir, backbone, monkeypatch):
+    grid = load_grid(_write(tmp_path / "grid.yaml", f"""
+models: [smollm2-135m]
+tasks: [sst2]
+data_dir: {data_dir}
+shots: [2]
+seeds: [0, 1]
+eval_limit: 8
+retries: 2
+methods: [zero-shot]
+"""))
+    bench_runner._BACKBONES["smollm2-135m"] = backbone
+    real, calls = bench_runner.run_cell, []
+
+    def flaky(config, run_dir, threads=None):  # seed 0 fails once then works; seed 1 always fails
+        calls.append(config["seed"])
+        if config["seed"] == 1 or calls.count(0) == 1:
+            raise RuntimeError(f"worker lost (seed {config['seed']})")
+        return real(config, run_dir, threads)
+
+    monkeypatch.setattr(bench_runner, "run_cell", flaky)
+    summary = run_grid(grid, tmp_path / "runs.db")
+    assert summary.line() == "runs=2 done=1 failed=1 skipped=0"
+    assert calls.count(0) == 2 and calls.count(1) == 3  # 1 + retries attempts for the one that keeps failing
+    with sqlite3.connect(tmp_path / "runs.db") as conn:
+        rows = {seed: (status, attempts, error) for seed, status, attempts, error in conn.execute(
+            "SELECT seed, status, attempts, error FROM runs")}
+    assert rows[0][:2] == ("done", 2) and rows[1][:2] == ("failed", 3) and "worker lost (seed 1)" in rows[1][2]
