@@ -403,6 +403,10 @@ def bench(
                                                 "start a local Ray).")] = None,
     retries: Annotated[int | None, typer.Option(help="Attempts after the first for a failing cell (default: the "
                                                 "grid's `retries`, else 1).")] = None,
+    cpus_per_run: Annotated[float | None, typer.Option(help="ray: CPUs each run reserves (default: the grid's "
+                                                       "resources.cpus, else 1).")] = None,
+    gpus_per_run: Annotated[float | None, typer.Option(help="ray: GPUs each run reserves (default: the grid's "
+                                                       "resources.gpus, else 0).")] = None,
     mlflow: Annotated[str | None, typer.Option("--mlflow", help="Log every run to this MLflow tracking URI.")] = None,
     report_dir: Annotated[Path | None, typer.Option("--report", help="Also write the report here at the end.")] = None,
 ) -> None:
@@ -412,6 +416,11 @@ def bench(
     spec = load_grid(grid)
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
+    for flag, key, value in (("--cpus-per-run", "cpus", cpus_per_run), ("--gpus-per-run", "gpus", gpus_per_run)):
+        if value is not None:
+            if value < 0:
+                raise ConfigError(f"{flag} {value}: must not be negative")
+            spec.resources[key] = value
     summary = run_grid(spec, db, executor=executor, workers=workers, address=address, retries=retries,
                        mlflow_uri=mlflow, console=err_console)
     if report_dir is not None:

@@ -135,17 +135,20 @@ def build_report(db: str | Path) -> Report:
     secs: dict[str, list[float]] = defaultdict(list)
     columns: list[str] = []
     rows: list[str] = []
+    identity: dict[str, tuple[str, int]] = {}  # row -> (method label, shots)
     for r in done:
         row, col = row_name(r), Path(r["task"]).stem
         rows += [row] if row not in rows else []
         columns += [col] if col not in columns else []
+        identity[row] = (r["label"], r["shots"])
         acc[(row, col)].append(r["accuracy"])
         params[row].append(r["trainable_parameters"] or 0)
         secs[row].append(r["wall_seconds"] or 0.0)
     cells = {k: Stat(v) for k, v in acc.items()}
     best = {col: max((row for row in rows if (row, col) in cells), key=lambda row: cells[(row, col)].mean)
             for col in columns}
-    points = [{"row": row, "task": col, "accuracy": cells[(row, col)].mean, "std": cells[(row, col)].std,
+    points = [{"row": row, "label": identity[row][0], "shots": identity[row][1], "task": col,
+               "accuracy": cells[(row, col)].mean, "std": cells[(row, col)].std,
                "params": _mean(params[row]), "seconds": _mean(secs[row])} for (row, col) in cells]
     report = Report(columns, rows, cells, {r: _mean(v) for r, v in params.items()},
                     {r: _mean(v) for r, v in secs.items()}, best, points, failed=len(failed))
@@ -222,15 +225,14 @@ def _plots(report: Report) -> dict[str, bytes]:
     figures: dict[str, bytes] = {}
     markers = "osD^v<>pP*X"
     task_marker = {t: markers[i % len(markers)] for i, t in enumerate(report.columns)}
-    base_rows = sorted({p["row"].split(" k=")[0] for p in report.points})
-    colour = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(base_rows)}
+    labels = list(dict.fromkeys(p["label"] for p in report.points))
+    colour = {r: plt.get_cmap("tab10")(i % 10) for i, r in enumerate(labels)}
     for key, xlabel, xscale in (("params", "trainable parameters", "symlog"), ("seconds", "wall seconds per run",
                                                                                 "log")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for p in report.points:
-            base = p["row"].split(" k=")[0]
             ax.errorbar(max(p[key], 1e-3 if xscale == "log" else 0), p["accuracy"], yerr=p["std"],
-                        marker=task_marker[p["task"]], color=colour[base], linestyle="none", capsize=3)
+                        marker=task_marker[p["task"]], color=colour[p["label"]], linestyle="none", capsize=3)
         _legend(ax, colour, task_marker)
         ax.set_xscale(xscale)
         ax.set_xlabel(xlabel)
@@ -240,13 +242,12 @@ def _plots(report: Report) -> dict[str, bytes]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for p in report.points:
-        base, _, k = p["row"].partition(" k=")
-        shots = int(k.split()[0]) if k else 0
-        by_base[base][shots].append(p["accuracy"])
+        by_base[p["label"]][p["shots"]].append(p["accuracy"])
     for base, series in by_base.items():
         xs = sorted(series)
         ax.plot(xs, [_mean(series[x]) for x in xs], marker="o", color=colour[base], label=base)
     ax.set_xlabel("shots per class (k)")
+    ax.set_xticks(sorted({p["shots"] for p in report.points}))
     ax.set_ylabel("held-out accuracy (mean over tasks and seeds)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

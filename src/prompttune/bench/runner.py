@@ -120,6 +120,8 @@ def run_grid(
     on_result: Callable[[Cell, dict[str, Any] | None], None] | None = None,
 ) -> BenchSummary:
     """Run every cell of `grid` not yet done in `db`; returns the counts of the final line."""
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: expected local or ray")
     console = console or Console(stderr=True)
     store = ResultStore(db)
     runs_dir = Path(grid.runs_dir or f"{Path(db).with_suffix('')}.runs")
@@ -140,8 +142,9 @@ def run_grid(
         if result is not None:
             store.finish(cell.key, result)
             counts["done"] += 1
-            console.print(f"  [green]done[/]  {_describe(cell)}  acc={result['accuracy']:.3f} "
-                          f"({result['wall_seconds']:.0f}s)")
+            progress = f"{counts['done'] + counts['failed']}/{len(todo)}"
+            console.print(f"  [green]done[/] {progress}  {_describe(cell)}  acc={result['accuracy']:.3f} "
+                          f"({result['wall_seconds']:.0f}s)", highlight=False)
             if logger:
                 logger(cell, result)
             if on_result:
@@ -153,7 +156,9 @@ def run_grid(
             return True
         store.fail(cell.key, error or "unknown error")
         counts["failed"] += 1
-        console.print(f"  [red]failed[/] {_describe(cell)}: {(error or '').strip().splitlines()[-1]}")
+        last_line = (error or "").strip().splitlines()[-1]
+        progress = f"{counts['done'] + counts['failed']}/{len(todo)}"
+        console.print(f"  [red]failed[/] {progress}  {_describe(cell)}: {last_line}", highlight=False)
         if on_result:
             on_result(cell, None)
         return False
@@ -173,10 +178,8 @@ def run_grid(
                     break
     elif executor == "local":
         _run_pool(todo, store, runs_dir, workers, record)
-    elif executor == "ray":
-        _run_ray(todo, store, runs_dir, grid, address, record)
     else:
-        raise ConfigError(f"--executor {executor!r}: expected local or ray")
+        _run_ray(todo, store, runs_dir, grid, address, record)
     store.close()
     return BenchSummary(len(cells), counts["done"], counts["failed"], skipped)
 
