@@ -36,7 +36,7 @@ tasks: [sst2, trec]
 data_dir: {data}
 shots: [2]
 seeds: [0, 1]
-eval_limit: 24
+eval_limit: 16
 methods:
   - zero-shot
   - {{name: prompt-tuning, steps: 3, eval_every: 3, batch_size: 4}}
@@ -217,7 +217,7 @@ methods: [zero-shot]
 def test_data_parallel_training_matches_one_process(tmp_path, data_dir):
     """`accelerate launch` with 2 CPU processes (gloo) learns the prompt one process learns on the same global batch."""
     args = ["train", "--method", "prompt-tuning", "--task", "sst2", "--data-dir", str(data_dir), "--shots", "4",
-            "--steps", "4", "--batch-size", "8", "-p", "eval_every=4", "--eval-limit", "16", "--quiet"]
+            "--steps", "4", "--batch-size", "8", "-p", "eval_every=4", "--eval-limit", "8", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([str(BIN / "prompttune"), *args, "--out", str(tmp_path / "one")], capture_output=True,
                             text=True, env=env, timeout=300)
