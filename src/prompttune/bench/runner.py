@@ -146,7 +146,10 @@ def run_grid(
             console.print(f"  [green]done[/] {progress}  {_describe(cell)}  acc={result['accuracy']:.3f} "
                           f"({result['wall_seconds']:.0f}s)", highlight=False)
             if logger:
-                logger(cell, result)
+                try:
+                    logger(cell, result)
+                except Exception as exc:  # noqa: BLE001 - the store has the result; a tracking server hiccup must not stop the grid
+                    console.print(f"  [yellow]mlflow[/] could not log {_describe(cell)}: {exc}", highlight=False)
             if on_result:
                 on_result(cell, result)
             return False
