@@ -114,7 +114,7 @@ def test_select_scores_every_candidate_and_picks_by_the_criterion(backbone, data
             out=tmp_path / criterion,
             candidates=candidates,
             criterion=criterion,
-            **TREC,
+            **{**TREC, "eval_limit": HELD_OUT if criterion == "accuracy" else 8},  # only its accuracy is asserted
         )
     rows = reports["mi"].meta["info"]["selection"]
     assert len(rows) == len(candidates) and all({"mi", "entropy", "cbm", "accuracy"} <= set(r) for r in rows)
