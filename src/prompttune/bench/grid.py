@@ -177,7 +177,7 @@ def _labelled(methods: list[MethodSpec]) -> list[MethodSpec]:
         f" {k}={v}" for k, v in sorted(m.params.items()))) for m in methods]
 
 
-def _check_claims(claims: Any, labels: set[str], where: _Where) -> list[dict[str, Any]]:
+def _check_claims(claims: Any, where: _Where) -> list[dict[str, Any]]:
     if not isinstance(claims, list):
         raise where.error(("claims",), "a list of claims")
     for i, claim in enumerate(claims):
@@ -266,5 +266,5 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(res, dict) or set(res) - {"cpus", "gpus"}:
             raise where.error(("resources",), "expected {cpus: N, gpus: N}")
         options["resources"] = {"cpus": 1, "gpus": 0, **res}
-    claims = _check_claims(doc.get("claims", []), set(labels), where)
+    claims = _check_claims(doc.get("claims", []), where)
     return Grid(path, models, tasks, shots, seeds, methods, data_dir=data_dir, claims=claims, **options)

@@ -81,23 +81,24 @@ class Report:
         table.add_column("trainable params", justify="right")
         table.add_column("s / run", justify="right")
         for row in self.rows:
-            cells = []
-            for col in self.columns:
-                stat = self.cells.get((row, col))
-                text = stat.text() if stat else "-"
-                cells.append(f"[bold green]{text}[/]" if self.best.get(col) == row else text)
-            table.add_row(row, *cells, f"{self.params[row]:,.0f}", f"{self.seconds[row]:.1f}")
+            table.add_row(row, *self.row_cells(row, lambda t: f"[bold green]{t}[/]"), f"{self.params[row]:,.0f}",
+                          f"{self.seconds[row]:.1f}")
         return table
+
+    def row_cells(self, row: str, mark_best, escape=lambda t: t) -> list[str]:
+        """One row's per-task texts, the best of each column wrapped by `mark_best` (every format shares this)."""
+        out = []
+        for col in self.columns:
+            stat = self.cells.get((row, col))
+            text = escape(stat.text()) if stat else "-"
+            out.append(mark_best(text) if self.best.get(col) == row else text)
+        return out
 
     def markdown_table(self) -> str:
         head = ["method", *self.columns, "trainable params", "s / run"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.rows:
-            cells = []
-            for col in self.columns:
-                stat = self.cells.get((row, col))
-                text = stat.text() if stat else "-"
-                cells.append(f"**{text}**" if self.best.get(col) == row else text)
+            cells = self.row_cells(row, lambda t: f"**{t}**")
             lines.append(f"| {row} | " + " | ".join(cells) + f" | {self.params[row]:,.0f} | {self.seconds[row]:.1f} |")
         return "\n".join(lines)
 
@@ -300,10 +301,8 @@ def _html(report: Report, figures: dict[str, bytes], title: str) -> str:
     body = []
     for row in report.rows:
         tds = [f"<td>{esc(row)}</td>"]
-        for col in report.columns:
-            stat = report.cells.get((row, col))
-            text = esc(stat.text()) if stat else "-"
-            tds.append(f'<td class="best">{text}</td>' if report.best.get(col) == row else f"<td>{text}</td>")
+        tds += [t if t.startswith("<td") else f"<td>{t}</td>"
+                for t in report.row_cells(row, lambda t: f'<td class="best">{t}</td>', esc)]
         tds += [f"<td>{report.params[row]:,.0f}</td>", f"<td>{report.seconds[row]:.1f}</td>"]
         body.append("<tr>" + "".join(tds) + "</tr>")
     claims = ""
