@@ -105,7 +105,7 @@ def test_select_scores_every_candidate_and_picks_by_the_criterion(backbone, data
         "Q: {question}\nA: this asks for a",
     ]
     reports = {}
-    for criterion in ("mi", "cbm", "accuracy"):
+    for criterion in ("mi", "cbm", "entropy", "flatness", "accuracy"):
         reports[criterion] = prompttune.train(
             "select",
             backbone,
@@ -123,6 +123,9 @@ def test_select_scores_every_candidate_and_picks_by_the_criterion(backbone, data
         assert info["picked"] == max(
             range(len(rows)), key=lambda i: (info["selection"][i][criterion], info["selection"][i]["accuracy"])
         )
+    flat = reports["flatness"].meta["info"]["selection"]
+    assert all(r["flatness"] <= r["mi"] + 1e-6 for r in flat)  # MI minus a KL divergence, which is >= 0
+    assert reports["flatness"].meta["info"]["queries_used"] == 2 * reports["mi"].meta["info"]["queries_used"]
     assert reports["accuracy"].test.accuracy > trec_zero_shot
 
 
