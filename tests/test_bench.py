@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prompttune.bench import build_report, load_grid, run_grid, write_report
+from prompttune.bench import ResultStore, build_report, load_grid, run_grid, write_report
 from prompttune.bench import runner as bench_runner
 from prompttune.errors import ConfigError
 
@@ -139,6 +139,12 @@ def test_grid_runs_locally_and_on_ray_with_the_same_metrics_and_reports(tmp_path
     assert report.rows == ["zero-shot", "prompt-tuning"] and report.columns == ["sst2", "trec"]
     stat = report.cells[("prompt-tuning", "trec")]
     assert stat.n == 2 and stat.ci95 is not None and stat.ci95[0] <= stat.mean <= stat.ci95[1]
+    store = ResultStore(tmp_path / "local.db")
+    done = store.rows("done")
+    for p in report.points:  # the wall-time plot places each (method, task) at that task's own mean seconds
+        own = [r["wall_seconds"] for r in done if (r["label"], Path(r["task"]).stem) == (p["row"], p["task"])]
+        assert len(own) == 2 and p["seconds"] == pytest.approx(sum(own) / 2)
+    store.close()
     verdicts = {c["claim"]: c["verdict"] for c in report.claims}
     assert verdicts["a method main does not have"] == "not yet runnable"
     assert verdicts["prompt tuning beats zero-shot"] in ("reproduced", "not reproduced")

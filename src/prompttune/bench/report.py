@@ -134,6 +134,7 @@ def build_report(db: str | Path) -> Report:
     acc: dict[tuple[str, str], list[float]] = defaultdict(list)
     params: dict[str, list[float]] = defaultdict(list)
     secs: dict[str, list[float]] = defaultdict(list)
+    cell_secs: dict[tuple[str, str], list[float]] = defaultdict(list)  # the plot's x: this task's own runs
     columns: list[str] = []
     rows: list[str] = []
     identity: dict[str, tuple[str, int]] = {}  # row -> (method label, shots)
@@ -145,12 +146,13 @@ def build_report(db: str | Path) -> Report:
         acc[(row, col)].append(r["accuracy"])
         params[row].append(r["trainable_parameters"] or 0)
         secs[row].append(r["wall_seconds"] or 0.0)
+        cell_secs[(row, col)].append(r["wall_seconds"] or 0.0)
     cells = {k: Stat(v) for k, v in acc.items()}
     best = {col: max((row for row in rows if (row, col) in cells), key=lambda row: cells[(row, col)].mean)
             for col in columns}
     points = [{"row": row, "label": identity[row][0], "shots": identity[row][1], "task": col,
                "accuracy": cells[(row, col)].mean, "std": cells[(row, col)].std,
-               "params": _mean(params[row]), "seconds": _mean(secs[row])} for (row, col) in cells]
+               "params": _mean(params[row]), "seconds": _mean(cell_secs[(row, col)])} for (row, col) in cells]
     report = Report(columns, rows, cells, {r: _mean(v) for r, v in params.items()},
                     {r: _mean(v) for r, v in secs.items()}, best, points, failed=len(failed))
     report.claims = [check_claim(c, done) for c in claims]
