@@ -95,6 +95,12 @@ def train(
     `port_to`: other models a text prompt (hard or boosted) is evaluated on, unchanged, beside the
     plain template (portability, recorded in prompt.json "portability").
     """
+    if "clip" in get_method(method).backbone_kinds:  # image tasks on CLIP-style models: see vlm.py
+        from .vlm import train_clip
+
+        return train_clip(method, model, task, shots, seed, out, dev_shots=dev_shots, eval_limit=eval_limit,
+                          resume=resume, overwrite=overwrite, device=device, dtype=dtype, progress=progress,
+                          callbacks=callbacks, **params)
     started = time.perf_counter()
     method_obj = get_method(method).from_params(params)
     out_dir = Path(out)

@@ -21,7 +21,7 @@ from .utils.io import atomic_save_tensors, atomic_write_json
 ARTIFACT_JSON = "prompt.json"
 ARTIFACT_TENSORS = "prompt.safetensors"
 FORMAT_VERSION = 1
-PROMPT_KINDS = ("none", "soft", "kv", "dept", "instance", "encoder-head", "hard", "boosted")
+PROMPT_KINDS = ("none", "soft", "kv", "dept", "instance", "encoder-head", "hard", "boosted", "clip")
 
 
 def write_artifact(out_dir: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -83,7 +83,7 @@ def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=N
                         text: Mapping[str, Any] | None = None):
     """What `backbone.score` takes for an artifact: None, soft embeddings, or per-layer (keys, values);
     for text prompts (`text` is prompt.json's "text_prompt") a `HardPrompt` or `BoostedPrompts`."""
-    if kind in ("hard", "boosted"):
+    if kind in ("hard", "boosted", "clip"):
         from .prompts.hard import BoostedPrompts, HardPrompt
 
         if not text:

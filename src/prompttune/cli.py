@@ -114,6 +114,7 @@ def train(
 ) -> None:
     """Learn a prompt for a task on a frozen model and save it as an artifact directory."""
     from .api import train as api_train
+    from .methods import get_method
 
     params = _parse_params(param or [])
     for name, value in {"steps": steps, "lr": lr, "batch_size": batch_size, "n_tokens": n_tokens,
@@ -121,6 +122,10 @@ def train(
                         "max_llm_calls": max_llm_calls, "max_llm_tokens": max_tokens}.items():
         if value is not None:
             params[name] = value
+    if "clip" in get_method(method).backbone_kinds:
+        _train_clip(method, model, task, shots, seed, out, params, dev_shots, eval_limit, resume, overwrite,
+                    device, dtype, quiet)
+        return
     report = api_train(
         method, model, task, data_dir, shots, seed, out, dev_shots=dev_shots, eval_split=eval_split,
         eval_limit=eval_limit, resume=resume, overwrite=overwrite, device=device, dtype=dtype,
@@ -140,6 +145,30 @@ def train(
     for port in report.meta.get("portability", []):
         console.print(f"on {port['model']}: accuracy {port['accuracy']:.4f} (plain template "
                       f"{port['template_accuracy']:.4f}, {port['n']} examples)")
+
+
+def _train_clip(method, model, task, shots, seed, out, params, dev_shots, eval_limit, resume, overwrite, device,
+                dtype, quiet) -> None:
+    """`train` for CLIP methods: --model is a CLIP-style model dir or hub id, --task an image task; with base
+    classes, training sees only those and the report gives base, new and their harmonic mean."""
+    from .vlm import train_clip
+
+    if "n_tokens" in params:
+        params["n_ctx"] = params.pop("n_tokens")
+    report = train_clip(method, model, task, shots, seed, out, dev_shots=dev_shots, eval_limit=eval_limit,
+                        resume=resume, overwrite=overwrite, device=device, dtype=dtype, progress=not quiet, **params)
+    metrics = report.meta["metrics"]
+    table = Table(title=f"{method} on {report.meta['task']['name']} ({report.meta['backbone']['id']})")
+    for col in ("classes", "test images", "accuracy"):
+        table.add_column(col)
+    for key in ("base", "new", "all"):
+        if key in metrics:
+            table.add_row(key, str(metrics[key]["n"]), f"{metrics[key]['accuracy']:.4f}")
+    if "hm" in metrics:
+        table.add_row("harmonic mean", "", f"{metrics['hm']:.4f}")
+    console.print(table)
+    console.print(f"trainable parameters: {report.meta['trainable_parameters']:,}  time: {report.seconds:.1f}s  "
+                  f"artifact: {report.out_dir}")
 
 
 def _print_search_result(meta: dict[str, Any]) -> None:
@@ -245,6 +274,8 @@ def methods(
 
         model_config = AutoConfig.from_pretrained(resolve_model_source(model)[0])
         model_kind = "encoder" if is_encoder_config(model_config) else "causal-lm"
+        if model_config.model_type in ("clip", "vision-text-dual-encoder"):
+            model_kind = "clip"
     table = Table(title="prompttune methods" + (f" (trainable parameters for {model})" if model else ""))
     # The name is what users type: never wrapped, whatever the terminal width (the other columns give way).
     table.add_column("method", style="bold", no_wrap=True, min_width=max(map(len, available_methods())))
@@ -261,8 +292,8 @@ def methods(
             if model_kind not in cls.backbone_kinds:
                 row.append(f"- (needs {' or '.join(cls.backbone_kinds)})")
             else:
-                count = method.count_trainable(model_config) if hasattr(method, "count_trainable") else 0
-                row.append(f"{count:,}")
+                count = method.count_trainable(model_config) if hasattr(method, "count_trainable") else None
+                row.append("in the artifact" if count is None else f"{count:,}")
         table.add_row(*row, fields or "-")
     console.print(table)
 

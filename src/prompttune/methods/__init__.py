@@ -5,6 +5,8 @@ from . import (  # noqa: F401  (registration: one line per method)
     apo,
     autoprompt,
     bbt,
+    cocoop,
+    coop,
     dept,
     edit_search,
     evolution,
@@ -12,6 +14,7 @@ from . import (  # noqa: F401  (registration: one line per method)
     fine_tune_head,
     instance_prompt,
     lopt,
+    maple,
     multitask_prompt_tuning,
     opro,
     p_tuning,
@@ -21,12 +24,15 @@ from . import (  # noqa: F401  (registration: one line per method)
     prompt_boosting,
     prompt_transfer,
     prompt_tuning,
+    promptsrc,
     random_separators,
     residual_prompt_tuning,
     rlprompt,
     select,
+    tpt,
     xprompt,
     zero_shot,
+    zero_shot_clip,
 )
 from .base import Method, MethodConfig, MethodResult, RunContext, available_methods, get_method, register
 

@@ -1,0 +1,138 @@
+"""Prompt learning on CLIP-style models: train / evaluate / load for the `clip` methods.
+
+`api.train` hands a method whose backbone kind is "clip" to `train_clip`: the task is an image task
+(`tasks/images.py`), the backbone a `ClipBackbone`, and evaluation follows the base-to-new protocol
+when the task names base classes (train on base; score base test images among base classes, new
+ones among new classes; report their harmonic mean).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifact import ARTIFACT_JSON, read_artifact, write_artifact
+from .errors import ArtifactError, ConfigError
+from .methods import get_method
+from .methods.clip_base import ClipPredictor, ClipRunContext
+from .methods.tpt import TPTPredictor
+from .models.clip import ClipBackbone, harmonic_mean, load_clip_backbone
+from .tasks.images import ImageTask, load_image_task
+from .training import CHECKPOINTS
+from .utils.env import package_versions
+
+
+@dataclass
+class ClipReport:
+    out_dir: Path
+    meta: dict[str, Any]
+    seconds: float
+
+
+def make_predictor(backbone: ClipBackbone, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                   task: ImageTask) -> ClipPredictor:
+    cls = TPTPredictor if meta.get("test_time") else ClipPredictor
+    return cls(backbone, meta, tensors, task)
+
+
+def evaluate_clip(predictor: ClipPredictor, task: ImageTask, trained: list[int], base_to_new: bool,
+                  limit_per_class: int | None) -> dict[str, Any]:
+    """Accuracy on held-out test images: base / new / harmonic mean, or over all classes."""
+    if base_to_new and task.base_classes:
+        base = task.test_indices(task.base_classes, limit_per_class)
+        new_classes = task.new_classes
+        new = task.test_indices(new_classes, limit_per_class)
+        shape = predictor.meta.get("prompt_shape") or {}
+        acc_base = predictor.accuracy(task.test, base, list(task.base_classes))
+        acc_new = float("nan") if shape.get("class_specific") else predictor.accuracy(task.test, new, new_classes)
+        return {"base": {"accuracy": acc_base, "n": len(base)}, "new": {"accuracy": acc_new, "n": len(new)},
+                "hm": harmonic_mean(acc_base, acc_new)}
+    idx = task.test_indices(trained, limit_per_class)
+    return {"all": {"accuracy": predictor.accuracy(task.test, idx, trained), "n": len(idx)}}
+
+
+def train_clip(method: str, model: str | ClipBackbone, task: str | ImageTask, shots: int = 16, seed: int = 0,
+               out: str | Path = "runs/clip", *, dev_shots: int | None = None, base_to_new: bool = True,
+               eval_limit: int | None = None, resume: bool = False, overwrite: bool = False,
+               device: str = "auto", dtype: str = "auto", progress: bool | None = None,
+               callbacks: list | None = None, **params: Any) -> ClipReport:
+    """Learn a prompt for an image task on a CLIP-style model and write the artifact to `out`.
+
+    `eval_limit` caps the test images scored per class.
+    """
+    started = time.perf_counter()
+    method_obj = get_method(method).from_params(params)
+    if "clip" not in method_obj.backbone_kinds:
+        raise ConfigError(f"method '{method}' does not train on CLIP-style models")
+    out_dir = Path(out)
+    if out_dir.exists() and not overwrite:
+        if (out_dir / ARTIFACT_JSON).exists() and not resume:
+            raise ConfigError(f"--out {out_dir} already holds an artifact; pass --overwrite to replace it")
+        if any(out_dir.glob(CHECKPOINTS)) and not resume:
+            raise ConfigError(f"--out {out_dir} holds an unfinished run's checkpoint; pass --resume or --overwrite")
+    task_obj = task if isinstance(task, ImageTask) else load_image_task(task)
+    fewshot = task_obj.few_shot(shots, seed, dev_shots, base_only=base_to_new)
+    backbone = model if isinstance(model, ClipBackbone) else load_clip_backbone(model, device, dtype)
+    config = method_obj.config.model_dump()
+    key = json.dumps({"method": method, "config": config, "task": task_obj.name, "classes": task_obj.classes,
+                      "train": fewshot.train, "dev": fewshot.dev, "seed": seed, "backbone": backbone.fingerprint},
+                     sort_keys=True)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+    if overwrite and out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = ClipRunContext(backbone, task_obj, fewshot, seed, out_dir, resume,
+                         sys.stderr.isatty() if progress is None else progress, fingerprint, list(callbacks or []))
+    result = method_obj.fit(ctx)
+    meta: dict[str, Any] = {
+        "method": method,
+        "prompt_kind": "clip",
+        "hyperparameters": config,
+        "trainable_parameters": result.trainable_parameters,
+        "backbone": {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "kind": "clip"},
+        "task": {"name": task_obj.name, "classes": task_obj.classes, "templates": task_obj.templates,
+                 "base_classes": task_obj.base_classes, "trained_classes": fewshot.classes},
+        "shots": shots,
+        "seed": seed,
+        "history": result.history,
+        "versions": package_versions(),
+        **{k: v for k, v in result.info.items() if k in ("prompt_shape", "zero_shot", "test_time",
+                                                          "template_scores", "best_step")},
+    }
+    predictor = make_predictor(backbone, meta, result.tensors, task_obj)
+    meta["metrics"] = evaluate_clip(predictor, task_obj, fewshot.classes, base_to_new, eval_limit)
+    seconds = time.perf_counter() - started
+    meta["seconds"] = round(seconds, 2)
+    write_artifact(out_dir, result.tensors, meta)
+    for ckpt in out_dir.glob(CHECKPOINTS):
+        ckpt.unlink()
+    return ClipReport(out_dir, meta, seconds)
+
+
+def load_clip(path: str | Path, model: str | ClipBackbone | None = None, task: str | ImageTask | None = None,
+              device: str = "auto", dtype: str = "auto") -> ClipPredictor:
+    """A predictor for a CLIP artifact, refusing a backbone whose weights differ from the trained one's."""
+    meta, tensors = read_artifact(path)
+    if meta["prompt_kind"] != "clip":
+        raise ArtifactError(f"{path}: a '{meta['prompt_kind']}' artifact, not a CLIP prompt")
+    backbone = model if isinstance(model, ClipBackbone) else load_clip_backbone(model or meta["backbone"]["id"],
+                                                                                 device, dtype)
+    if backbone.fingerprint != meta["backbone"]["fingerprint"]:
+        raise ArtifactError(f"{path}: trained on {meta['backbone']['id']} (weights {meta['backbone']['fingerprint']}),"
+                            f" not on {backbone.model_id} (weights {backbone.fingerprint})")
+    if task is None:
+        task_obj = load_image_task(meta["task"]["name"])
+    else:
+        task_obj = task if isinstance(task, ImageTask) else load_image_task(task)
+    if task_obj.classes[:len(meta["task"]["classes"])] != meta["task"]["classes"]:
+        raise ArtifactError(f"{path}: trained with classes {meta['task']['classes']}, the task has "
+                            f"{task_obj.classes}")
+    return make_predictor(backbone, meta, tensors, task_obj)

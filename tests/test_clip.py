@@ -1,0 +1,215 @@
+"""CLIP prompt learning: mechanics on a tiny random CLIPModel, learning on the LiT-style MiniLM dual encoder.
+
+No pretrained CLIP can be installed here. Every method's mechanics (shapes, save/load/resume, the
+base-to-new bookkeeping, the feature cache) run on a two-layer `CLIPModel` of the real architecture;
+learning is proven on `prompttune.testing.lit_fashion_model()`, whose text tower is the real
+pretrained MiniLM (see that module).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import prompttune
+from helpers import assert_resume_is_bit_identical
+from prompttune.errors import ConfigError, DataError
+from prompttune.models.clip import load_clip_backbone
+from prompttune.tasks.images import load_image_task
+from prompttune.testing import lit_fashion_model, tiny_clip
+from prompttune.vlm import load_clip, train_clip
+
+CLIP_METHODS = ["zero-shot-clip", "coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc", "tpt"]
+SMALL = {"steps": 4, "batch_size": 4, "eval_every": 2}  # mechanics only: a few steps
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_clip_backbone(str(tiny_clip(tmp_path_factory.mktemp("tiny-clip"))), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    return load_image_task("fashion-mnist")
+
+
+def _params(method: str) -> dict:
+    if method == "zero-shot-clip":
+        return {"ensemble": "zpe"}
+    if method == "tpt":
+        return {"views": 4, "select": 0.5}
+    return dict(SMALL)
+
+
+def test_towers_match_transformers(tiny):
+    """Our layer-by-layer towers give exactly what CLIPModel's own feature functions give."""
+    texts = ["a photo of a coat.", "a black and white photo of a ankle boot."]
+    tok = tiny.tokenizer(texts, padding=True, return_tensors="pt")
+    ref_text = tiny.model.get_text_features(**tok).pooler_output
+    assert torch.allclose(tiny.encode_texts(texts), ref_text, atol=1e-5)
+    images = torch.randint(0, 256, (3, 28, 28, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    ref_image = tiny.model.get_image_features(pixel_values=tiny.preprocess(images)).pooler_output
+    assert torch.allclose(tiny.image_features(images), ref_image, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", CLIP_METHODS)
+def test_every_method_saves_loads_and_scores_base_and_new(method, tiny, fashion, tmp_path):
+    report = train_clip(method, tiny, fashion, shots=2, seed=0, out=tmp_path / method, eval_limit=3,
+                        progress=False, **_params(method))
+    meta = report.meta
+    # base-to-new bookkeeping: trained on the 5 base classes only, scored on 3 test images of each class
+    assert meta["task"]["trained_classes"] == fashion.base_classes
+    assert meta["metrics"]["base"]["n"] == 15 and meta["metrics"]["new"]["n"] == 15
+    base, new = meta["metrics"]["base"]["accuracy"], meta["metrics"]["new"]["accuracy"]
+    assert meta["metrics"]["hm"] == pytest.approx(0 if base + new == 0 else 2 * base * new / (base + new))
+    predictor = load_clip(report.out_dir, tiny, fashion)
+    idx = fashion.test_indices(fashion.base_classes, 3)
+    assert predictor.accuracy(fashion.test, idx, fashion.base_classes) == pytest.approx(base)
+    shape = meta.get("prompt_shape")
+    if method == "maple":  # coupled: vision prompts are made from the text prompts at every prompted layer
+        assert shape["coupled"] and shape["vision_depth"] == 2 and shape["text_depth"] == 1
+        assert len(predictor.prompt.vision_prompts()) == 2
+    if method == "promptsrc":
+        assert shape["vision_depth"] == 2 and not shape["coupled"]
+    if method == "tpt":  # the context is tuned per image and reset after each
+        assert torch.equal(predictor.prompt.ctx, load_clip(report.out_dir, tiny, fashion).prompt.ctx)
+    if method in ("coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc"):
+        assert meta["trainable_parameters"] > 0
+        assert [h["step"] for h in meta["history"]] == list(range(5))
+
+
+@pytest.mark.parametrize("method", ["coop", "promptsrc", "maple"])
+def test_resume_is_bit_identical(method, tiny, fashion, tmp_path):
+    """Killed after step 3 and resumed = uninterrupted (PromptSRC's running average and MaPLe's couplers too)."""
+    assert_resume_is_bit_identical(method, tmp_path, 3, model=tiny, task=fashion, shots=2, seed=1, eval_limit=2,
+                                   progress=False, steps=6, batch_size=4, eval_every=2)
+
+
+def test_class_specific_context_has_no_new_class_score(tiny, fashion, tmp_path):
+    report = train_clip("coop", tiny, fashion, shots=2, out=tmp_path / "csc", eval_limit=2, progress=False,
+                        class_specific=True, **SMALL)
+    assert report.meta["prompt_shape"]["class_specific"]
+    assert np.isnan(report.meta["metrics"]["new"]["accuracy"])
+    predictor = load_clip(report.out_dir, tiny, fashion)
+    with pytest.raises(ConfigError, match="class-specific"):
+        predictor.class_features(fashion.new_classes)
+
+
+def test_feature_cache_is_content_addressed(tiny, tmp_path, monkeypatch):
+    """Features are computed once per image content: a renamed copy of the data hits the cache."""
+    from prompttune.models import feature_cache
+
+    monkeypatch.setenv("PROMPTTUNE_CACHE", str(tmp_path / "cache"))
+    feature_cache.clear_memory()
+    root = _image_folder(tmp_path / "a", per_class=3)
+    task = load_image_task(root)
+    calls = []
+    real = tiny.image_features
+    monkeypatch.setattr(tiny, "image_features", lambda images, batch_size=256: calls.append(len(images))
+                        or real(images, batch_size))
+    idx = list(range(len(task.train)))
+    first = feature_cache.cached_image_features(tiny, task.train, idx)
+    assert calls == [len(idx)] and len(list((tmp_path / "cache" / "features").glob("*.safetensors"))) == 1
+    feature_cache.clear_memory()
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = load_image_task(tmp_path / "b")
+    again = feature_cache.cached_image_features(tiny, moved.train, idx)
+    assert calls == [len(idx)] and torch.equal(first, again)  # read back from disk, not recomputed
+    feature_cache.clear_memory()
+
+
+def _image_folder(root, per_class=3, classes=("coat", "bag")):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_image_folder_and_csv_inputs(tmp_path, caplog):
+    root = _image_folder(tmp_path / "imgs", per_class=5)
+    Image.fromarray(np.full((12, 16), 80, dtype=np.uint8), mode="L").save(root / "coat" / "gray.png")
+    Image.fromarray(np.zeros((10, 10, 4), dtype=np.uint8), mode="RGBA").save(root / "bag" / "alpha.png")
+    (root / "bag" / "notes.txt").write_text("not an image")
+    (root / "bag" / "broken.png").write_bytes(b"\x89PNG garbage")
+    with caplog.at_level(logging.WARNING):
+        task = load_image_task(root)
+    assert "skipped 2 unreadable or non-image file(s)" in caplog.text
+    assert task.classes == ["bag", "coat"] and len(task.train) + len(task.test) == 12
+    images = {o: task.train.images([i])[0] for i, o in enumerate(task.train.origins)}
+    images.update({o: task.test.images([i])[0] for i, o in enumerate(task.test.origins)})
+    gray = next(v for k, v in images.items() if k.endswith("gray.png"))
+    assert gray.shape[-1] == 3 and int(gray.float().std(dim=-1).max()) == 0  # grayscale -> RGB
+    alpha = next(v for k, v in images.items() if k.endswith("alpha.png"))
+    assert alpha.shape[-1] == 3 and int(alpha.min()) == 255  # transparent -> white
+
+    rows = [("coat/0.png", "coat", "train"), ("bag/0.png", "bag", "train"), ("coat/1.png", "coat", "test"),
+            ("bag/1.png", "bag", "test")]
+    with (root / "data.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("path", "label", "split"), *rows])
+    task = load_image_task(root / "data.csv")
+    assert len(task.train) == 2 and len(task.test) == 2 and task.classes == ["bag", "coat"]
+
+
+def test_bad_image_inputs_are_clear(tmp_path):
+    empty = _image_folder(tmp_path / "empty", per_class=2)
+    (empty / "dress").mkdir()
+    (empty / "dress" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match="dress: class folder has no readable images"):
+        load_image_task(empty)
+    split = tmp_path / "split"
+    _image_folder(split / "train", per_class=2)
+    _image_folder(split / "test", per_class=1, classes=("coat", "sandal"))
+    with pytest.raises(DataError, match=r"sandal of the test split are not in the class list \(coat, bag\)|"
+                                        r"sandal of the test split are not in the class list \(bag, coat\)"):
+        load_image_task(split)
+    with pytest.raises(DataError, match="does not exist"):
+        load_image_task(tmp_path / "nowhere.csv")
+    root = _image_folder(tmp_path / "c", per_class=1)
+    (root / "l.csv").write_text("path,label\ncoat/0.png,coat\nbag/9.png,bag\n")
+    with pytest.raises(DataError, match=r"l.csv:3: image file .*bag/9.png does not exist"):
+        load_image_task(root / "l.csv")
+    (root / "m.csv").write_text("path,label\ncoat/0.png,coat\nbag/0.png,shoe\n")
+    (root / "task.yaml").write_text("train: .\ntest: m.csv\nclasses: [coat, bag]\n")
+    (root / "l.csv").unlink()
+    with pytest.raises(DataError, match=r"m.csv:3: label 'shoe' is not in the class list \(coat, bag\)"):
+        load_image_task(root / "task.yaml")
+
+
+def test_cli_trains_a_clip_prompt(tiny, tmp_path):
+    from prompttune.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--method", "coop", "--model", tiny.model_id, "--task",
+                                      "fashion-mnist", "--shots", "2", "--steps", "2", "--batch-size", "4",
+                                      "--eval-limit", "2", "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "harmonic mean" in result.output and (tmp_path / "run" / "prompt.json").exists()
+    result = CliRunner().invoke(app, ["train", "--method", "coop", "--model", tiny.model_id, "--task",
+                                      str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0 and "not a built-in" in result.output
+
+
+@pytest.fixture(scope="module")
+def lit():
+    return load_clip_backbone(str(lit_fashion_model()), device="cpu")
+
+
+def test_coop_beats_zero_shot_on_held_out_base_classes(lit, fashion, tmp_path):
+    """CoOp 16-shot (seed 0) against the hand-written template, on 200 held-out test images per base class."""
+    zs = prompttune.train("zero-shot-clip", lit, fashion, shots=16, seed=0, out=tmp_path / "zs", eval_limit=200,
+                          progress=False)
+    coop = prompttune.train("coop", lit, fashion, shots=16, seed=0, out=tmp_path / "coop", eval_limit=200,
+                            progress=False)
+    zs_base = zs.meta["metrics"]["base"]["accuracy"]
+    coop_base = coop.meta["metrics"]["base"]["accuracy"]
+    assert coop.meta["metrics"]["base"]["n"] == 1000
+    assert coop_base > zs_base + 0.05, (zs_base, coop_base)
+    # new classes were never trained on: both are scored, among the 5 new classes (chance 0.2)
+    assert zs.meta["metrics"]["new"]["accuracy"] > 0.2
