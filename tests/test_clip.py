@@ -183,7 +183,7 @@ def test_bad_image_inputs_are_clear(tmp_path):
         load_image_task(root / "task.yaml")
 
 
-def test_cli_trains_a_clip_prompt(tiny, tmp_path):
+def test_cli_trains_a_clip_prompt(tiny, tmp_path, data_dir):
     from prompttune.cli import app
 
     result = CliRunner().invoke(app, ["train", "--method", "coop", "--model", tiny.model_id, "--task",
@@ -194,6 +194,12 @@ def test_cli_trains_a_clip_prompt(tiny, tmp_path):
     result = CliRunner().invoke(app, ["train", "--method", "coop", "--model", tiny.model_id, "--task",
                                       str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "not a built-in" in result.output
+    result = CliRunner().invoke(app, ["train", "--method", "coop", "--model", "smollm2-135m", "--task",
+                                      "fashion-mnist", "--out", str(tmp_path / "y")])
+    assert result.exit_code != 0 and "CLIP methods need a CLIP-style dual encoder" in result.output
+    result = CliRunner().invoke(app, ["train", "--method", "prompt-tuning", "--model", tiny.model_id, "--task",
+                                      "sst2", "--data-dir", str(data_dir), "--out", str(tmp_path / "z")])
+    assert result.exit_code != 0 and "is a CLIP-style dual encoder" in result.output
 
 
 @pytest.fixture(scope="module")

@@ -55,8 +55,18 @@ def _word_tokenizer(words: list[str]):
                                    pad_token="<|pad|>", unk_token="<|unk|>")
 
 
-def tiny_clip(path: str | Path, seed: int = 0, image_size: int = 28, extra_words: list[str] | None = None) -> Path:
-    """Write a randomly initialised two-layer `CLIPModel` with a word-level tokenizer to `path`."""
+# CLIP ViT-B/32's tower sizes (OpenAI's release): for timing at the real model's cost, with random weights.
+VIT_B_32 = {"text": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+            "vision": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=224, patch_size=32), "projection_dim": 512}
+# ViT-B/16: the backbone CoOp, CoCoOp, MaPLe and PromptSRC report their base-to-new results on.
+VIT_B_16 = {**VIT_B_32, "vision": {**VIT_B_32["vision"], "patch_size": 16}}
+
+
+def tiny_clip(path: str | Path, seed: int = 0, image_size: int = 28, extra_words: list[str] | None = None,
+              sizes: dict | None = None) -> Path:
+    """Write a randomly initialised `CLIPModel` with a word-level tokenizer to `path`: two-layer towers,
+    or the tower `sizes` given (e.g. `VIT_B_32`)."""
     from transformers import CLIPConfig, CLIPModel
 
     path = Path(path)
@@ -69,8 +79,13 @@ def tiny_clip(path: str | Path, seed: int = 0, image_size: int = 28, extra_words
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                   image_size=image_size, patch_size=7, num_channels=3)
+    projection = 16
+    if sizes:
+        text.update(sizes["text"])
+        vision.update(sizes["vision"])
+        projection = sizes["projection_dim"]
     torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection))
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -569,7 +569,12 @@ def load_backbone(model: str = "smollm2-135m", device: str = "auto", dtype: str 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     try:
-        if is_encoder_config(AutoConfig.from_pretrained(source)):
+        config = AutoConfig.from_pretrained(source)
+        if config.model_type in ("clip", "vision-text-dual-encoder"):
+            raise ModelError(f"model '{model}' is a CLIP-style dual encoder ({config.model_type}); it takes the CLIP "
+                             "methods (zero-shot-clip, coop, cocoop, kgcoop, prograd, maple, promptsrc, tpt) and an "
+                             "image task")
+        if is_encoder_config(config):
             return load_encoder(source, model_id, dev, torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)
         try:

@@ -220,6 +220,11 @@ def load_clip_backbone(source: str, device: str = "auto", dtype: str = "auto") -
     """A `CLIPModel` or `VisionTextDualEncoderModel` from a local directory or a hub id, frozen."""
     from transformers import AutoConfig, AutoTokenizer, CLIPModel, VisionTextDualEncoderModel
 
+    from .loading import ALIASES
+
+    if source in ALIASES:
+        raise ModelError(f"model '{source}' is a text model ({ALIASES[source].description}); the CLIP methods need a "
+                         "CLIP-style dual encoder: a CLIPModel or VisionTextDualEncoderModel directory or hub id")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     path = Path(source).expanduser()
