@@ -219,3 +219,31 @@ def test_coop_beats_zero_shot_on_held_out_base_classes(lit, fashion, tmp_path):
     assert coop_base > zs_base + 0.05, (zs_base, coop_base)
     # new classes were never trained on: both are scored, among the 5 new classes (chance 0.2)
     assert zs.meta["metrics"]["new"]["accuracy"] > 0.2
+
+
+def test_bench_grid_runs_clip_methods(tiny, tmp_path):
+    """CLIP methods are bench cells like any other: the recorded accuracy is the base/new harmonic mean."""
+    from prompttune.bench import ResultStore, build_report, load_grid, run_grid
+
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(f"""models: [{tiny.model_id}]
+tasks: [fashion-mnist]
+shots: [2]
+seeds: [0, 1]
+eval_limit: 2
+methods:
+  - zero-shot-clip
+  - {{name: coop, steps: 2, batch_size: 4}}
+""")
+    summary = run_grid(load_grid(grid_file), tmp_path / "runs.db")
+    assert summary.line() == "runs=4 done=4 failed=0 skipped=0"
+    rows = ResultStore(tmp_path / "runs.db").rows("done")
+    for row in rows:
+        m = row["metrics"]
+        assert row["accuracy"] == pytest.approx(m["hm"]) and row["eval_size"] == 20
+    assert "coop" in build_report(tmp_path / "runs.db").markdown_table()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"models: [{tiny.model_id}]\ntasks: [fashion-mnist]\nshots: [2]\nseeds: [0]\n"
+                   "methods: [prompt-tuning]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:5: methods\[0\]: method 'prompt-tuning' needs a text task"):
+        load_grid(bad)

@@ -195,6 +195,17 @@ def _check_claims(claims: Any, where: _Where) -> list[dict[str, Any]]:
     return claims
 
 
+def _is_image_yaml(path: str) -> bool:
+    """An image task file names `train` as a folder or CSV (text task files have `data:`)."""
+    if not path.endswith((".yaml", ".yml")) or not Path(path).is_file():
+        return False
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return False
+    return isinstance(doc, dict) and "train" in doc and "data" not in doc
+
+
 def load_grid(path: str | Path) -> Grid:
     """Parse and validate a grid file; raises `ConfigError` naming file, line and key."""
     from ..models.loading import ALIASES, _looks_like_path
@@ -233,12 +244,19 @@ def load_grid(path: str | Path) -> Grid:
             models[i] = _resolve(m, grid_dir)
             if not Path(models[i]).exists():
                 raise where.error(("models", i), f"model path {models[i]} does not exist")
+    from ..tasks.images import BUILTIN_IMAGE_TASKS, load_image_task
+
     tasks = _axis(doc, "tasks", str, where)
+    image_tasks = set()
     for i, t in enumerate(tasks):
-        if t.endswith((".yaml", ".yml")):
+        if t.endswith((".yaml", ".yml", ".csv")) or (t not in BUILTIN_IMAGE_TASKS and Path(t).is_dir()):
             tasks[i] = t = _resolve(t, grid_dir)
         try:
-            load_task(t, data_dir)
+            if t in BUILTIN_IMAGE_TASKS or t.endswith(".csv") or Path(t).is_dir() or _is_image_yaml(t):
+                load_image_task(t)
+                image_tasks.add(t)
+            else:
+                load_task(t, data_dir)
         except PromptTuneError as exc:
             raise where.error(("tasks", i), str(exc)) from None
     shots = _axis(doc, "shots", int, where)
@@ -248,6 +266,15 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(doc["methods"], list) or not doc["methods"]:
         raise where.error(("methods",), "empty axis: list at least one method")
     methods = _labelled([_method(entry, i, where) for i, entry in enumerate(doc["methods"])])
+    from ..methods import get_method
+
+    for i, m in enumerate(methods):  # a CLIP method needs image tasks, any other method text tasks
+        clip = "clip" in get_method(m.name).backbone_kinds
+        wrong = [t for t in tasks if (t in image_tasks) != clip]
+        if wrong:
+            kind = "an image task" if clip else "a text task"
+            raise where.error(("methods", i), f"method '{m.name}' needs {kind}; task(s) {', '.join(wrong)} are not "
+                              "(put CLIP methods and text methods in separate grids)")
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise where.error(("methods",), f"two methods share the label {labels}; give one a 'label:'")

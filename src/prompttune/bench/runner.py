@@ -35,12 +35,34 @@ class BenchSummary:
         return f"runs={self.runs} done={self.done} failed={self.failed} skipped={self.skipped}"
 
 
-def _backbone(model: str):
+def _backbone(model: str, clip: bool = False):
     from ..models import load_backbone
+    from ..models.clip import load_clip_backbone
 
     if model not in _BACKBONES:
-        _BACKBONES[model] = load_backbone(model)
+        _BACKBONES[model] = load_clip_backbone(model) if clip else load_backbone(model)
     return _BACKBONES[model]
+
+
+def _run_clip_cell(config: dict[str, Any], run_dir: str, started: float) -> dict[str, Any]:
+    """A CLIP cell: the recorded accuracy is the base/new harmonic mean when the task has base classes."""
+    from ..vlm import train_clip
+
+    backbone = _backbone(config["model"], clip=True)
+    report = train_clip(config["method"], backbone, config["task"], config["shots"], config["seed"], run_dir,
+                        dev_shots=config["dev_shots"], eval_limit=config["eval_limit"], resume=True, progress=False,
+                        **config["params"])
+    meta = report.meta
+    m = meta["metrics"]
+    accuracy = m["hm"] if "hm" in m else m["all"]["accuracy"]
+    size = m["base"]["n"] + m["new"]["n"] if "hm" in m else m["all"]["n"]
+    devs = [h["dev_accuracy"] for h in meta["history"] if "dev_accuracy" in h]
+    return {
+        "accuracy": accuracy, "macro_f1": None, "dev_accuracy": max(devs) if devs else None, "eval_size": size,
+        "trainable_parameters": meta["trainable_parameters"], "wall_seconds": round(time.perf_counter() - started, 2),
+        "queries": None, "llm_calls": None, "artifact": str(report.out_dir), "metrics": m,
+        "versions": meta["versions"], "worker": f"{os.uname().nodename}:{os.getpid()}",
+    }
 
 
 def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -> dict[str, Any]:
@@ -53,6 +75,10 @@ def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -
         torch.set_num_threads(threads)
     _quiet()
     started = time.perf_counter()
+    from ..methods import get_method
+
+    if "clip" in get_method(config["method"]).backbone_kinds:
+        return _run_clip_cell(config, run_dir, started)
     backbone = _backbone(config["model"])
     report = api.train(
         config["method"], backbone, config["task"], config["data_dir"], config["shots"], config["seed"], run_dir,
