@@ -191,6 +191,11 @@ def test_cli_trains_a_clip_prompt(tiny, tmp_path, data_dir):
                                       "--eval-limit", "2", "--out", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "harmonic mean" in result.output and (tmp_path / "run" / "prompt.json").exists()
+    trained = load_clip(tmp_path / "run", tiny).meta["metrics"]
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--limit", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1] == (f"base={trained['base']['accuracy']:.4f} "
+                                                       f"new={trained['new']['accuracy']:.4f} hm={trained['hm']:.4f}")
     result = CliRunner().invoke(app, ["train", "--method", "coop", "--model", tiny.model_id, "--task",
                                       str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "not a built-in" in result.output

@@ -214,9 +214,24 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Score an artifact on a task split. Last line: accuracy=<a> macro_f1=<f> examples_per_s=<r>."""
+    """Score an artifact on a task split. Last line: accuracy=<a> macro_f1=<f> examples_per_s=<r>
+    (a CLIP artifact: base=<a> new=<a> hm=<h>, or accuracy=<a>, on the image task's test split)."""
     from .api import evaluate_artifact
+    from .artifact import read_artifact
 
+    if read_artifact(artifact)[0]["prompt_kind"] == "clip":
+        from .vlm import evaluate_clip, load_clip
+
+        predictor = load_clip(artifact, model, task, device, dtype)
+        meta = predictor.meta
+        m = evaluate_clip(predictor, predictor.task, meta["task"]["trained_classes"], True, limit)
+        if "hm" in m:
+            console.print(f"base {m['base']['accuracy']:.4f} ({m['base']['n']} images), new "
+                          f"{m['new']['accuracy']:.4f} ({m['new']['n']} images), harmonic mean {m['hm']:.4f}")
+            print(f"base={m['base']['accuracy']:.4f} new={m['new']['accuracy']:.4f} hm={m['hm']:.4f}")
+        else:
+            print(f"accuracy={m['all']['accuracy']:.4f}")
+        return
     result = evaluate_artifact(artifact, task, data_dir, split, limit, model, device, dtype)
     console.print(f"{result.n} examples: accuracy {result.accuracy:.4f}, "
                   f"macro-F1 {result.macro_f1:.4f}, {result.examples_per_s:.1f} examples/s")
