@@ -9,6 +9,7 @@ pretrained MiniLM (see that module).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 
 import numpy as np
@@ -196,6 +197,14 @@ def test_cli_trains_a_clip_prompt(tiny, tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == (f"base={trained['base']['accuracy']:.4f} "
                                                        f"new={trained['new']['accuracy']:.4f} hm={trained['hm']:.4f}")
+    image = tmp_path / "coat.png"
+    Image.fromarray(load_image_task("fashion-mnist").test.images([0])[0].numpy()).save(image)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(image), "--json"])
+    assert result.exit_code == 0, result.output
+    probabilities = json.loads(result.output.strip().splitlines()[-1])["probabilities"]
+    assert len(probabilities) == 10 and sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), str(tmp_path / "nothing.png")])
+    assert result.exit_code != 0 and "not a readable image file" in result.output
     result = CliRunner().invoke(app, ["train", "--method", "coop", "--model", tiny.model_id, "--task",
                                       str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "not a built-in" in result.output

@@ -238,6 +238,31 @@ def eval_cmd(
     print(f"accuracy={result.accuracy:.4f} macro_f1={result.macro_f1:.4f} examples_per_s={result.examples_per_s:.2f}")
 
 
+def _predict_images(artifact: Path, files: list[str], model: str | None, device: str, as_json: bool) -> None:
+    import torch
+
+    from .tasks.images import ImageSplit, _readable
+    from .vlm import load_clip
+
+    paths = [Path(f) for f in files]
+    for p in paths:
+        if not p.is_file() or not _readable(p):
+            raise ConfigError(f"{p}: not a readable image file")
+    predictor = load_clip(artifact, model, None, device)
+    shape = predictor.meta.get("prompt_shape") or {}
+    classes = (predictor.meta["task"]["trained_classes"] if shape.get("class_specific")
+               else list(range(len(predictor.task.classes))))
+    split = ImageSplit(torch.zeros(len(paths), dtype=torch.long), [str(p) for p in paths], paths=paths)
+    probs = predictor.logits(split, list(range(len(paths))), classes).softmax(-1)
+    names = [predictor.task.classes[c] for c in classes]
+    for f, row in zip(files, probs.tolist(), strict=True):
+        best = max(range(len(row)), key=row.__getitem__)
+        if as_json:
+            print(json.dumps({"input": f, "label": names[best], "probabilities": dict(zip(names, row, strict=True))}))
+        else:
+            console.print(f"{names[best]}\t{row[best]:.3f}\t{f}", highlight=False)
+
+
 @app.command()
 @_friendly
 def predict(
@@ -248,9 +273,14 @@ def predict(
     device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per input.")] = False,
 ) -> None:
-    """Classify texts with a learned prompt; prints the label and its probability."""
+    """Classify texts with a learned prompt; prints the label and its probability. With a CLIP artifact the
+    inputs are image files, classified among all of the task's classes (base and new)."""
     from .artifact import load as load_artifact
+    from .artifact import read_artifact
 
+    if read_artifact(artifact)[0]["prompt_kind"] == "clip":
+        _predict_images(artifact, texts, model, device, as_json)
+        return
     predictor = load_artifact(artifact, model, device)
     inputs: list[Any] = []
     for text in texts:
