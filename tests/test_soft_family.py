@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import prompttune
-from helpers import HELD_OUT_DEV, assert_resume_is_bit_identical
+from helpers import GAIN, HELD_OUT_DEV, assert_resume_is_bit_identical
 from prompttune.artifact import ARTIFACT_TENSORS
 from prompttune.methods import get_method
 
@@ -18,7 +18,7 @@ def test_method_beats_zero_shot_and_folds_into_a_plain_prompt(method, backbone, 
     report = prompttune.train(method, backbone, "sst2", data_dir, shots=16, seed=0, out=tmp_path / method,
                               eval_split="dev", eval_limit=HELD_OUT_DEV, steps=32, eval_every=8, progress=False)
     print(f"{method}: zero-shot {zero_shot_accuracy:.3f} -> {report.test.accuracy:.3f}")
-    assert report.test.accuracy >= zero_shot_accuracy + 0.03
+    assert report.test.accuracy >= zero_shot_accuracy + GAIN
     # the artifact's plain prompt is exactly what the trained network produces
     tensors = load_file(str(tmp_path / method / ARTIFACT_TENSORS))
     cls = get_method(method)
@@ -83,7 +83,7 @@ def test_dept_beats_zero_shot_and_saves_both_parts(backbone, data_dir, tmp_path,
     report = prompttune.train("dept", backbone, "sst2", data_dir, shots=16, seed=0, out=tmp_path / "dept",
                               eval_split="dev", eval_limit=HELD_OUT_DEV, steps=32, eval_every=8, progress=False)
     print(f"dept: zero-shot {zero_shot_accuracy:.3f} -> {report.test.accuracy:.3f}")
-    assert report.test.accuracy >= zero_shot_accuracy + 0.03
+    assert report.test.accuracy >= zero_shot_accuracy + GAIN
     assert report.meta["prompt_kind"] == "dept"
     tensors = load_file(str(tmp_path / "dept" / ARTIFACT_TENSORS))
     assert tensors["prompt"].shape == (10, backbone.hidden_size)
@@ -109,10 +109,11 @@ def test_per_example_prompts_score_like_one_example_at_a_time(backbone):
 
 def test_instance_prompt_beats_zero_shot_and_generates(backbone, data_dir, tmp_path, zero_shot_accuracy):
     out = tmp_path / "idpg"
+    # 48 steps: at 32 it reached 0.820 against zero-shot's 0.795 (transformers 5.23), short of the 3-point gain
     report = prompttune.train("instance-prompt", backbone, "sst2", data_dir, shots=16, seed=0, out=out,
-                              eval_split="dev", eval_limit=HELD_OUT_DEV, steps=32, eval_every=8, progress=False)
+                              eval_split="dev", eval_limit=HELD_OUT_DEV, steps=48, eval_every=8, progress=False)
     print(f"instance-prompt: zero-shot {zero_shot_accuracy:.3f} -> {report.test.accuracy:.3f}")
-    assert report.test.accuracy >= zero_shot_accuracy + 0.03
+    assert report.test.accuracy >= zero_shot_accuracy + GAIN
     assert report.meta["prompt_kind"] == "instance"
     predictor = prompttune.load(out, model=backbone)
     texts = ["a gorgeous, witty film", "an utter bore"]

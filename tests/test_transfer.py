@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 import prompttune
-from helpers import assert_resume_is_bit_identical
+from helpers import GAIN, assert_resume_is_bit_identical
 from prompttune.cli import app
 
 TWEETS_HELD_OUT = 200
@@ -39,7 +39,9 @@ def test_transfer_from_sst2_starts_from_the_source_and_beats_zero_shot(
                   progress=False)
     transfer = prompttune.train("prompt-transfer", out=tmp_path / "transfer", source=str(sst2_prompt), distill=1.0,
                                 steps=32, eval_every=8, **common)
-    random_init = prompttune.train("prompt-tuning", out=tmp_path / "random", init="random", steps=1, **common)
+    # only its step-0 dev accuracy is printed: no held-out scoring needed
+    random_init = prompttune.train("prompt-tuning", out=tmp_path / "random", init="random", steps=1,
+                                   **{**common, "eval_limit": 8})
     # step 0 of the transfer run is the source prompt itself, scored on the target's dev set
     source = load_file(str(sst2_prompt / "prompt.safetensors"))["prompt"]
     tweets = load_task("tweets", data_dir)
@@ -49,7 +51,7 @@ def test_transfer_from_sst2_starts_from_the_source_and_beats_zero_shot(
           f"{start.accuracy:.3f}; held-out zero-shot {tweets_zero_shot:.3f} -> transfer {transfer.test.accuracy:.3f}")
     # (SmolLM2-135M gives the SST-2 prompt no head start over a random one on tweets at step 0: both
     # score 0.500 here, because neither ever predicts " neutral"; see the closing note of issue #3.)
-    assert transfer.test.accuracy >= tweets_zero_shot + 0.03
+    assert transfer.test.accuracy >= tweets_zero_shot + GAIN
     assert transfer.meta["info"]["source"].endswith("sst2")
 
 
@@ -94,7 +96,7 @@ def test_multitask_prompt_tuning_from_two_sources_beats_zero_shot(sst2_prompt, b
         eval_limit=TWEETS_HELD_OUT, progress=False,
     )
     print(f"mpt: tweets zero-shot {tweets_zero_shot:.3f} -> {report.test.accuracy:.3f}")
-    assert report.test.accuracy >= tweets_zero_shot + 0.03
+    assert report.test.accuracy >= tweets_zero_shot + GAIN
     phases = [h["phase"] for h in report.meta["history"]]
     assert phases[0] == "distill" and phases[-1] == "target"
     assert report.meta["trainable_parameters"] == 20 * backbone.hidden_size + 20 + backbone.hidden_size
