@@ -152,7 +152,7 @@ def test_image_folder_and_csv_inputs(tmp_path, caplog):
     assert alpha.shape[-1] == 3 and int(alpha.min()) == 255  # transparent -> white
 
     rows = [("coat/0.png", "coat", "train"), ("bag/0.png", "bag", "train"), ("coat/1.png", "coat", "test"),
-            ("bag/1.png", "bag", "test")]
+            ("bag/1.png", "bag", "test"), ("bag/2.png", "bag", "")]  # a blank split: in neither
     with (root / "data.csv").open("w", newline="") as f:
         csv.writer(f).writerows([("path", "label", "split"), *rows])
     task = load_image_task(root / "data.csv")

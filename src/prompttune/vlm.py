@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from .artifact import ARTIFACT_JSON, read_artifact, write_artifact
+from .api import _check_out_dir
+from .artifact import read_artifact, write_artifact
 from .errors import ArtifactError, ConfigError
 from .methods import get_method
 from .methods.clip_base import ClipPredictor, ClipRunContext
@@ -73,11 +74,7 @@ def train_clip(method: str, model: str | ClipBackbone, task: str | ImageTask, sh
     if "clip" not in method_obj.backbone_kinds:
         raise ConfigError(f"method '{method}' does not train on CLIP-style models")
     out_dir = Path(out)
-    if out_dir.exists() and not overwrite:
-        if (out_dir / ARTIFACT_JSON).exists() and not resume:
-            raise ConfigError(f"--out {out_dir} already holds an artifact; pass --overwrite to replace it")
-        if any(out_dir.glob(CHECKPOINTS)) and not resume:
-            raise ConfigError(f"--out {out_dir} holds an unfinished run's checkpoint; pass --resume or --overwrite")
+    _check_out_dir(out_dir, resume, overwrite)
     task_obj = task if isinstance(task, ImageTask) else load_image_task(task)
     fewshot = task_obj.few_shot(shots, seed, dev_shots, base_only=base_to_new)
     backbone = model if isinstance(model, ClipBackbone) else load_clip_backbone(model, device, dtype)
@@ -98,7 +95,8 @@ def train_clip(method: str, model: str | ClipBackbone, task: str | ImageTask, sh
         "hyperparameters": config,
         "trainable_parameters": result.trainable_parameters,
         "backbone": {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "kind": "clip"},
-        "task": {"name": task_obj.name, "classes": task_obj.classes, "templates": task_obj.templates,
+        "task": {"name": task_obj.name, "source": str(task) if not isinstance(task, ImageTask) else task_obj.name,
+                 "classes": task_obj.classes, "templates": task_obj.templates,
                  "base_classes": task_obj.base_classes, "trained_classes": fewshot.classes},
         "shots": shots,
         "seed": seed,
@@ -129,7 +127,7 @@ def load_clip(path: str | Path, model: str | ClipBackbone | None = None, task: s
         raise ArtifactError(f"{path}: trained on {meta['backbone']['id']} (weights {meta['backbone']['fingerprint']}),"
                             f" not on {backbone.model_id} (weights {backbone.fingerprint})")
     if task is None:
-        task_obj = load_image_task(meta["task"]["name"])
+        task_obj = load_image_task(meta["task"].get("source") or meta["task"]["name"])
     else:
         task_obj = task if isinstance(task, ImageTask) else load_image_task(task)
     if task_obj.classes[:len(meta["task"]["classes"])] != meta["task"]["classes"]:

@@ -213,8 +213,8 @@ def _csv_split(path: Path, classes: list[str] | None, split: str | None) -> tupl
         if missing:
             raise DataError(f"{path}:1: the header needs columns path,label (missing {', '.join(sorted(missing))})")
         for line, row in enumerate(reader, start=2):
-            if split and row.get("split") and row["split"].strip() != split:
-                continue
+            if split and "split" in (reader.fieldnames or []) and (row.get("split") or "").strip() != split:
+                continue  # with a split column, a row belongs to the split it names (a blank one to none)
             rows.append((line, row["path"].strip(), row["label"].strip()))
     if classes is None:
         classes = sorted({r[2] for r in rows})
