@@ -261,3 +261,62 @@ methods:
                    "methods: [prompt-tuning]\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:5: methods\[0\]: method 'prompt-tuning' needs a text task"):
         load_grid(bad)
+
+
+def _png_base64(image: torch.Tensor, mode: str = "RGB") -> str:
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(image.numpy()).convert(mode).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_serve_classifies_base64_images_with_clip_artifacts(tiny, fashion, tmp_path, tiny_llama_dir, data_dir):
+    """`prompttune serve` over a CLIP model: /v1/classify takes base64 images and gives the predictor's numbers."""
+    from fastapi.testclient import TestClient
+
+    from prompttune.cli import app
+    from prompttune.serve import create_app
+    from prompttune.serve.clip import ClipEngine, load_clip_prompts
+
+    prompttune.train("coop", tiny, fashion, shots=2, out=tmp_path / "coop", eval_limit=2, progress=False,
+                     steps=2, batch_size=4)
+    prompttune.train("zero-shot-clip", tiny, fashion, shots=2, out=tmp_path / "zs", eval_limit=2, progress=False)
+    engine = ClipEngine(tiny, load_clip_prompts(tiny, [str(tmp_path / "coop"), f"hand={tmp_path / 'zs'}"]))
+    client = TestClient(create_app(engine, api_key="k"))
+    auth = {"Authorization": "Bearer k"}
+    models = {m["id"]: m for m in client.get("/v1/models", headers=auth).json()["data"]}
+    assert set(models) == {"coop", "hand"} and models["coop"]["labels"] == fashion.classes
+
+    images = fashion.test.images([0, 1, 2])
+    inputs = [_png_base64(images[0]), "data:image/png;base64," + _png_base64(images[1]),
+              {"image": _png_base64(images[2], "RGBA")}]  # opaque RGBA: the same pixels once composited
+    reply = client.post("/v1/classify", json={"model": "coop", "input": inputs}, headers=auth)
+    assert reply.status_code == 200, reply.text
+    predictor = load_clip(tmp_path / "coop", tiny)
+    expected = predictor.logits(fashion.test, [0, 1, 2], predictor.all_classes()).softmax(-1)  # the cached path
+    for row, want in zip(reply.json()["data"], expected, strict=True):
+        assert list(row["scores"]) == fashion.classes
+        assert torch.allclose(torch.tensor(list(row["scores"].values())), want, atol=1e-5)
+        assert row["label"] == fashion.classes[int(want.argmax())]
+    assert engine.stats["rows"] == 3
+
+    def refused(body: dict, path: str = "/v1/classify") -> tuple[int, str]:
+        r = client.post(path, json=body, headers=auth)
+        return r.status_code, r.json()["error"]["message"]
+
+    status, message = refused({"model": "coop", "input": ["%%%"]})
+    assert status == 400 and message.startswith("input[0]: not valid base64")
+    status, message = refused({"model": "hand", "input": [inputs[0], "aGVsbG8="]})  # b"hello"
+    assert status == 400 and message.startswith("input[1]: not a readable image")
+    assert refused({"model": "coop", "input": [{"img": inputs[0]}]})[0] == 400
+    assert refused({"model": "nope", "input": inputs[:1]})[0] == 404
+    status, message = refused({"model": "coop", "prompt": "hi"}, "/v1/completions")
+    assert status == 400 and "classifies images" in message
+    engine.close()
+
+    prompttune.train("zero-shot", str(tiny_llama_dir), "sst2", data_dir, shots=2, out=tmp_path / "text",
+                     eval_limit=2, progress=False)
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "coop"), str(tmp_path / "text")])
+    assert result.exit_code != 0 and "cannot be served beside text-model artifacts" in result.output

@@ -239,21 +239,17 @@ def eval_cmd(
 
 
 def _predict_images(artifact: Path, files: list[str], model: str | None, device: str, as_json: bool) -> None:
-    import torch
-
-    from .tasks.images import ImageSplit, _readable
+    from .tasks.images import decode_image
     from .vlm import load_clip
 
     paths = [Path(f) for f in files]
     for p in paths:
-        if not p.is_file() or not _readable(p):
-            raise ConfigError(f"{p}: not a readable image file")
+        if not p.is_file():
+            raise ConfigError(f"{p}: not a readable image file (no such file)")
+    images = [decode_image(p, str(p)) for p in paths]
     predictor = load_clip(artifact, model, None, device)
-    shape = predictor.meta.get("prompt_shape") or {}
-    classes = (predictor.meta["task"]["trained_classes"] if shape.get("class_specific")
-               else list(range(len(predictor.task.classes))))
-    split = ImageSplit(torch.zeros(len(paths), dtype=torch.long), [str(p) for p in paths], paths=paths)
-    probs = predictor.logits(split, list(range(len(paths))), classes).softmax(-1)
+    classes = predictor.all_classes()
+    probs = predictor.probabilities(images, classes)
     names = [predictor.task.classes[c] for c in classes]
     for f, row in zip(files, probs.tolist(), strict=True):
         best = max(range(len(row)), key=row.__getitem__)
@@ -450,15 +446,27 @@ def serve(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Serve learned prompts over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
-    /v1/models, /v1/classify), batching requests for different prompts into one forward pass."""
+    /v1/models, /v1/classify), batching requests for different prompts into one forward pass. CLIP artifacts
+    are served on their CLIP model, and /v1/classify then takes base64 images."""
     from .artifact import read_artifact
     from .models import load_backbone
     from .serve import serve as run_server
 
     artifacts = artifacts or []
+    metas = {spec: read_artifact(spec.rpartition("=")[2])[0] for spec in artifacts}
+    clip = [spec for spec, meta in metas.items() if meta["prompt_kind"] == "clip"]
+    if clip and len(clip) != len(metas):
+        text = [spec for spec in metas if spec not in clip]
+        raise ConfigError(f"one server runs one model: the CLIP artifacts ({', '.join(clip)}) cannot be served beside "
+                          f"text-model artifacts ({', '.join(text)}); start one server for each")
     if model is None:
-        model = read_artifact(artifacts[0].rpartition("=")[2])[0]["backbone"]["id"] if artifacts else "smollm2-135m"
-    backbone = load_backbone(model, device=device, dtype=dtype)
+        model = next(iter(metas.values()))["backbone"]["id"] if metas else "smollm2-135m"
+    if clip:
+        from .models.clip import load_clip_backbone
+
+        backbone = load_clip_backbone(model, device=device, dtype=dtype)
+    else:
+        backbone = load_backbone(model, device=device, dtype=dtype)
     key = api_key or os.environ.get("PROMPTTUNE_API_KEY")
     console.print(f"serving {backbone.model_id} and {len(artifacts)} artifact(s) on http://{host}:{port}/v1"
                   + (" (API key required)" if key else ""))

@@ -9,6 +9,7 @@ side, batched over all classes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -173,6 +174,7 @@ class ClipPredictor:
         self.meta = meta
         self.task = task
         self.prompt: ClipPrompt | None = None
+        self._text_memo: dict[tuple[int, ...], torch.Tensor] = {}
         shape = meta.get("prompt_shape")
         if shape:
             self.shape = PromptShape(**shape)
@@ -221,6 +223,31 @@ class ClipPredictor:
                     img = bb.encode_images(pix, self.prompt.vision_prompts())
                     out.append(cosine_logits(img, txt, scale).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(classes))
+
+    def all_classes(self) -> list[int]:
+        """The classes this artifact can name: all of the task's, or the trained ones for a class-specific context."""
+        if self.prompt is not None and self.shape.class_specific:
+            return list(self.meta["task"]["trained_classes"])
+        return list(range(len(self.task.classes)))
+
+    def probabilities(self, images: Sequence[torch.Tensor], classes: list[int] | None = None) -> torch.Tensor:
+        """Class probabilities (n, classes) of uint8 images (H, W, 3), any sizes, held in memory (serving, predict).
+
+        Unlike `logits` this never touches the feature cache: one-off images would only fill it. The
+        class text features of a context that does not depend on the image are computed once per class list."""
+        bb, classes = self.backbone, classes if classes is not None else self.all_classes()
+        with torch.no_grad():
+            pixels = torch.cat([bb.preprocess(im.unsqueeze(0)) for im in images])
+            vision = None if self.image_side_frozen else self.prompt.vision_prompts()
+            feats = bb.encode_images(pixels, vision).float()
+            if self.prompt is not None and self.shape.conditional:
+                text = self.class_features(classes, F.normalize(feats, dim=-1))
+            else:
+                key = tuple(classes)
+                if key not in self._text_memo:
+                    self._text_memo[key] = self.class_features(classes)
+                text = self._text_memo[key]
+            return cosine_logits(feats, text, bb.logit_scale).softmax(-1).cpu()
 
     def accuracy(self, split: ImageSplit, indices: list[int], classes: list[int]) -> float:
         if not indices:

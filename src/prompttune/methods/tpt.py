@@ -11,6 +11,7 @@ original image, and resets the context. Image features of the views come from th
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from safetensors.torch import load_file
 from ..errors import ConfigError
 from ..models.clip import ClipBackbone, cosine_logits
 from ..prompts.clip import ClipPrompt, PromptShape, context_init
-from ..tasks.images import ImageSplit
+from ..tasks.images import ImageSplit, stack_images
 from .base import MethodConfig, MethodResult, register
 from .clip_base import ClipMethod, ClipPredictor, ClipRunContext
 
@@ -95,6 +96,12 @@ class TPT(ClipMethod):
 
 class TPTPredictor(ClipPredictor):
     """Applies a TPT artifact: tunes a copy of the context on each test image's views."""
+
+    def probabilities(self, images: Sequence[torch.Tensor], classes: list[int] | None = None) -> torch.Tensor:
+        classes = classes if classes is not None else self.all_classes()
+        split = ImageSplit(torch.zeros(len(images), dtype=torch.long), [f"input[{i}]" for i in range(len(images))],
+                           array=stack_images(list(images)))
+        return self.logits(split, list(range(len(images))), classes).softmax(-1)
 
     def logits(self, split: ImageSplit, indices: list[int], classes: list[int], batch_size: int = 128) -> torch.Tensor:
         tt = self.meta["test_time"]

@@ -21,6 +21,13 @@ def serve(backbone, artifacts: list[str], host: str = "127.0.0.1", port: int = 8
         from ..errors import ConfigError
 
         raise ConfigError("prompttune serve needs the serve extra: pip install 'prompttune[serve]'") from None
-    engine = Engine(backbone, load_prompts(backbone, artifacts), max_batch=max_batch)
+    from ..models.clip import ClipBackbone
+
+    if isinstance(backbone, ClipBackbone):
+        from .clip import ClipEngine, load_clip_prompts
+
+        engine = ClipEngine(backbone, load_clip_prompts(backbone, artifacts), max_batch=max_batch)
+    else:
+        engine = Engine(backbone, load_prompts(backbone, artifacts), max_batch=max_batch)
     app = create_app(engine, api_key=api_key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -8,6 +8,9 @@
                                  through the artifact's template
     POST /v1/classify            {"model", "input": [text | {field: text}, ...]} -> label + scores per input
 
+Over a CLIP backbone (serve/clip.py) `/v1/classify` takes base64 images instead, and the text routes
+answer 400.
+
 Errors are OpenAI-style JSON, `{"error": {"message", "type", "code"}}`, with a 4xx status that says
 whose fault it is. Requests from all clients are batched by the `Engine` (see engine.py).
 """
@@ -150,6 +153,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
             for name, p in engine.prompts.items()
         ]}
 
+    if getattr(engine, "kind", "text") == "clip":  # a CLIP backbone: images in, labels out, no text generation
+        _add_image_routes(app, engine, served, run, max_inputs)
+        return app
+
     @app.post("/v1/classify")
     async def classify(body: ClassifyBody):
         prompt = served(body.model)
@@ -241,6 +248,32 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
         }
 
     return app
+
+
+def _add_image_routes(app, engine, served, run, max_inputs: int) -> None:
+    """`/v1/classify` for a `ClipEngine` (see serve/clip.py); the text-generation routes say why they are absent."""
+    from starlette.concurrency import run_in_threadpool
+
+    from .clip import decode_request_image
+
+    @app.post("/v1/classify")
+    async def classify_images(body: ClassifyBody):
+        served(body.model)
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        if len(inputs) > max_inputs:
+            raise APIError(400, f"{len(inputs)} inputs; the limit is {max_inputs} per request", "too_many_inputs")
+        images = await run_in_threadpool(lambda: [decode_request_image(x, f"input[{i}]") for i, x in enumerate(inputs)])
+        results = await run(engine.classify(body.model, images))
+        return {"object": "list", "model": body.model, "data": [
+            {"index": i, "label": label, "scores": scores} for i, (label, scores) in enumerate(results)
+        ]}
+
+    async def no_text():
+        raise APIError(400, f"this server runs the CLIP model {engine.backbone.model_id}: it classifies images "
+                       "(POST /v1/classify) and does not generate text", "not_a_text_model")
+
+    app.post("/v1/completions")(no_text)
+    app.post("/v1/chat/completions")(no_text)
 
 
 def _apply_stop(out: tuple, stop) -> tuple:

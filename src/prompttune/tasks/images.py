@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
 import logging
 import os
 import random
@@ -64,7 +65,7 @@ class ImageSplit:
         if self.array is not None:
             return self.array[idx]
         assert self.paths is not None
-        return _stack([_read_rgb(self.paths[i]) for i in idx])
+        return stack_images([_read_rgb(self.paths[i]) for i in idx])
 
     def content_hash(self, indices: Sequence[int]) -> str:
         """A hash of the images' bytes: the feature cache's key does not trust file names."""
@@ -135,7 +136,8 @@ class ImageTask:
 
 # --------------------------------------------------------------------------- reading images
 
-def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """uint8 images of any sizes as one (n, H, W, 3) batch."""
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) > 1:  # mixed sizes: bring every image to the first one's size (the backbone resizes again)
         h, w = images[0].shape[:2]
@@ -150,18 +152,24 @@ def _resize(im: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def _read_rgb(path: Path) -> torch.Tensor:
+    return decode_image(path, str(path))
+
+
+def decode_image(source: Path | bytes, where: str) -> torch.Tensor:
+    """An image file or its bytes as uint8 RGB (H, W, 3); transparency is composited over white, as viewers
+    show it. `where` names the input in the error (a path, or `input[3]` for a request)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            if im.mode in ("RGBA", "LA", "P"):  # composite transparency over white, as viewers show it
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            if im.mode in ("RGBA", "LA", "P"):
                 rgba = im.convert("RGBA")
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(white, rgba)
             rgb = im.convert("RGB")
             return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{where}: not a readable image ({exc})") from None
 
 
 def _readable(path: Path) -> bool:
