@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -320,3 +321,114 @@ def test_serve_classifies_base64_images_with_clip_artifacts(tiny, fashion, tmp_p
                      eval_limit=2, progress=False)
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "coop"), str(tmp_path / "text")])
     assert result.exit_code != 0 and "cannot be served beside text-model artifacts" in result.output
+
+
+def _open_clip_layout(model) -> dict[str, torch.Tensor]:
+    """A `CLIPModel`'s weights under open_clip's names and layout (fused q/k/v, [in, out] projections)."""
+    sd, out = model.state_dict(), {}
+    blocks = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+              "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+    for tower, prefix, cfg in (("text_model", "", model.config.text_config),
+                               ("vision_model", "visual.", model.config.vision_config)):
+        for i in range(cfg.num_hidden_layers):
+            src, dst = f"{tower}.encoder.layers.{i}.", f"{prefix}transformer.resblocks.{i}."
+            for kind in ("weight", "bias"):
+                out[f"{dst}attn.in_proj_{kind}"] = torch.cat([sd[f"{src}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+                for oc, hf in blocks.items():
+                    out[f"{dst}{oc}.{kind}"] = sd[f"{src}{hf}.{kind}"]
+    for kind in ("weight", "bias"):
+        out[f"ln_final.{kind}"] = sd[f"text_model.final_layer_norm.{kind}"]
+        out[f"visual.ln_pre.{kind}"] = sd[f"vision_model.pre_layrnorm.{kind}"]
+        out[f"visual.ln_post.{kind}"] = sd[f"vision_model.post_layernorm.{kind}"]
+    out |= {"token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+            "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+            "text_projection": sd["text_projection.weight"].T.contiguous(), "logit_scale": sd["logit_scale"],
+            "visual.class_embedding": sd["vision_model.embeddings.class_embedding"],
+            "visual.conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
+            "visual.positional_embedding": sd["vision_model.embeddings.position_embedding.weight"],
+            "visual.proj": sd["visual_projection.weight"].T.contiguous(),
+            "attn_mask": torch.full((32, 32), float("-inf")).triu(1)}  # older checkpoints carry the causal mask
+    return out
+
+
+def _open_clip_image_features(state: dict, pixels: torch.Tensor, heads: int) -> torch.Tensor:
+    """open_clip's ViT forward written from its own parameters (quick GELU, class-token pooling)."""
+    import torch.nn.functional as F
+
+    conv = state["visual.conv1.weight"]
+    width = conv.shape[0]
+    x = F.conv2d(pixels, conv, stride=conv.shape[-1]).flatten(2).transpose(1, 2)
+    x = torch.cat([state["visual.class_embedding"].expand(len(x), 1, -1), x], 1) + state["visual.positional_embedding"]
+
+    def ln(t, name):
+        return F.layer_norm(t, (width,), state[f"{name}.weight"], state[f"{name}.bias"])
+
+    x = ln(x, "visual.ln_pre")
+    i = 0
+    while f"visual.transformer.resblocks.{i}.ln_1.weight" in state:
+        p = f"visual.transformer.resblocks.{i}."
+        h = ln(x, p + "ln_1").transpose(0, 1)
+        attn = F.multi_head_attention_forward(
+            h, h, h, width, heads, state[p + "attn.in_proj_weight"], state[p + "attn.in_proj_bias"], None, None,
+            False, 0.0, state[p + "attn.out_proj.weight"], state[p + "attn.out_proj.bias"], need_weights=False)[0]
+        x = x + attn.transpose(0, 1)
+        h = F.linear(ln(x, p + "ln_2"), state[p + "mlp.c_fc.weight"], state[p + "mlp.c_fc.bias"])
+        x = x + F.linear(h * torch.sigmoid(1.702 * h), state[p + "mlp.c_proj.weight"], state[p + "mlp.c_proj.bias"])
+        i += 1
+    return ln(x[:, 0], "visual.ln_post") @ state["visual.proj"]
+
+
+def test_open_clip_checkpoint_runs_as_the_same_clip_backbone(tiny, fashion, tmp_path, monkeypatch):
+    """An open_clip-layout checkpoint (Hub repository layout) loads as `open_clip:DIR`, converted once."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from prompttune.errors import ModelError
+    from prompttune.models import load_backbone
+
+    monkeypatch.setenv("PROMPTTUNE_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "oc"
+    repo.mkdir()
+    state = _open_clip_layout(tiny.model)
+    save_file(state, str(repo / "open_clip_model.safetensors"))
+    (repo / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {"embed_dim": 16, "quick_gelu": True,
+                      "vision_cfg": {"image_size": 28, "layers": 2, "width": 32, "patch_size": 7, "head_width": 16},
+                      "text_cfg": {"context_length": 32, "width": 32, "heads": 2, "layers": 2}},
+        "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}))
+    for f in Path(tiny.model_id).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(f, repo / f.name)
+    source = f"open_clip:{repo}"
+    oc = load_clip_backbone(source, device="cpu")
+    assert oc.model_id == source
+    images = fashion.test.images(list(range(4)))
+    features = oc.image_features(images)
+    assert torch.allclose(features, tiny.image_features(images), atol=1e-5)
+    reference = _open_clip_image_features(state, oc.preprocess(images).float(), heads=2)
+    assert torch.allclose(features, reference, atol=1e-4)
+    texts = ["a photo of a coat.", "a photo of a bag."]
+    assert torch.allclose(oc.encode_texts(texts), tiny.encode_texts(texts), atol=1e-5)
+
+    report = prompttune.train("coop", oc, fashion, shots=2, out=tmp_path / "coop", eval_limit=2, progress=False,
+                              steps=2, batch_size=4)
+    assert report.meta["backbone"]["id"] == source
+    converted = list((tmp_path / "cache" / "open_clip").iterdir())
+    assert len(converted) == 1
+    stamp = (converted[0] / "config.json").stat().st_mtime_ns
+    again = load_clip(tmp_path / "coop")  # reloads the recorded open_clip source from the conversion cache
+    assert again.backbone.model_id == source and (converted[0] / "config.json").stat().st_mtime_ns == stamp
+    assert torch.allclose(again.probabilities(list(images)), load_clip(tmp_path / "coop", oc).probabilities(
+        list(images)), atol=1e-6)
+
+    bad = tmp_path / "layerscale"
+    bad.mkdir()
+    save_file({**state, "visual.transformer.resblocks.0.ls_1.gamma": torch.ones(32)},
+              str(bad / "open_clip_model.safetensors"))
+    with pytest.raises(ModelError, match=r"unsupported parameters: visual\.transformer\.resblocks\.0\.ls_1\.gamma"):
+        load_clip_backbone(f"open_clip:{bad}")
+    with pytest.raises(ModelError, match="is an open_clip CLIP model; it takes the CLIP methods"):
+        load_backbone(source)
+    with pytest.raises(ModelError, match="neither a local checkpoint"):
+        load_clip_backbone("open_clip:nothing-here")

@@ -565,6 +565,9 @@ def load_backbone(model: str = "smollm2-135m", device: str = "auto", dtype: str 
 
     from .encoder import is_encoder_config, load_encoder
 
+    if model.startswith("open_clip:"):
+        raise ModelError(f"model '{model}' is an open_clip CLIP model; it takes the CLIP methods (zero-shot-clip, "
+                         "coop, cocoop, kgcoop, prograd, maple, promptsrc, tpt) and an image task")
     source, model_id = resolve_model_source(model)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)

@@ -217,11 +217,17 @@ class ClipBackbone:
 
 
 def load_clip_backbone(source: str, device: str = "auto", dtype: str = "auto") -> ClipBackbone:
-    """A `CLIPModel` or `VisionTextDualEncoderModel` from a local directory or a hub id, frozen."""
+    """A `CLIPModel` or `VisionTextDualEncoderModel` from a local directory or a hub id, or an open_clip
+    model (`open_clip:...`, see models/open_clip.py), frozen."""
     from transformers import AutoConfig, AutoTokenizer, CLIPModel, VisionTextDualEncoderModel
 
     from .loading import ALIASES
+    from .open_clip import is_open_clip_source, open_clip_to_hf
 
+    if is_open_clip_source(source):  # converted once into a cached CLIPModel directory; artifacts keep the name
+        backbone = load_clip_backbone(str(open_clip_to_hf(source)), device, dtype)
+        backbone.model_id = source
+        return backbone
     if source in ALIASES:
         raise ModelError(f"model '{source}' is a text model ({ALIASES[source].description}); the CLIP methods need a "
                          "CLIP-style dual encoder: a CLIPModel or VisionTextDualEncoderModel directory or hub id")
@@ -250,17 +256,6 @@ def load_clip_backbone(source: str, device: str = "auto", dtype: str = "auto") -
         mean, std = conf.get("image_mean", mean), conf.get("image_std", std)
     model_id = str(path.resolve()) if local else source
     return ClipBackbone(model, tokenizer, model_id, dev, dt, mean, std)
-
-
-def is_clip_source(source: str) -> bool:
-    """True when `source` names a directory whose config is a CLIP-style dual encoder."""
-    cfg = Path(source).expanduser() / "config.json"
-    if not cfg.exists():
-        return False
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") in ("clip", "vision-text-dual-encoder")
-    except (json.JSONDecodeError, OSError):
-        return False
 
 
 def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
