@@ -428,6 +428,11 @@ def test_open_clip_checkpoint_runs_as_the_same_clip_backbone(tiny, fashion, tmp_
               str(bad / "open_clip_model.safetensors"))
     with pytest.raises(ModelError, match=r"unsupported parameters: visual\.transformer\.resblocks\.0\.ls_1\.gamma"):
         load_clip_backbone(f"open_clip:{bad}")
+    (bad / "open_clip_model.safetensors").unlink()
+    shutil.copy(repo / "open_clip_model.safetensors", bad)
+    (bad / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": {"global_average_pool": True}}}))
+    with pytest.raises(ModelError, match="open_clip options CLIPModel does not have: vision_cfg.global_average_pool"):
+        load_clip_backbone(f"open_clip:{bad}")
     with pytest.raises(ModelError, match="is an open_clip CLIP model; it takes the CLIP methods"):
         load_backbone(source)
     with pytest.raises(ModelError, match="neither a local checkpoint"):

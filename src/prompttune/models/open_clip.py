@@ -178,6 +178,14 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: dict[str, Any], s
                          f"{', '.join(missing) or '-'})")
     cfg = config.get("model_cfg", {})
     vcfg, tcfg = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    different = {f"vision_cfg.{k}": vcfg[k] for k in ("global_average_pool", "attentional_pool", "no_ln_pre")
+                 if vcfg.get(k)}
+    different |= {"vision_cfg.pool_type": vcfg["pool_type"]} if vcfg.get("pool_type", "tok") != "tok" else {}
+    different |= {"text_cfg.pool_type": tcfg["pool_type"]} if tcfg.get("pool_type", "argmax") != "argmax" else {}
+    different |= {"text_cfg.no_causal_mask": True} if tcfg.get("no_causal_mask") else {}
+    if different:  # same parameters, other forward pass: CLIPModel would compute something else
+        raise ModelError(f"model '{source}': open_clip options CLIPModel does not have: "
+                         + ", ".join(f"{k}={v}" for k, v in different.items()))
     act = "quick_gelu" if cfg.get("quick_gelu") else "gelu"
     conv = state["visual.conv1.weight"]
     v_width, patch = conv.shape[0], conv.shape[-1]
