@@ -70,7 +70,10 @@ def open_clip_to_hf(source: str) -> Path:
             raise ModelError(f"model '{source}': {found} holds none of {', '.join(WEIGHT_FILES)}")
         folder, config_file = found, found / "open_clip_config.json"
         config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
-    digest = hashlib.sha256(weights.read_bytes() + json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
+    with open(weights, "rb") as f:  # streamed: checkpoints run to gigabytes
+        h = hashlib.file_digest(f, "sha256")
+    h.update(json.dumps(config, sort_keys=True).encode())
+    digest = h.hexdigest()[:20]
     target = cache_dir() / "open_clip" / digest
     if (target / "config.json").exists():
         return target
