@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,38 @@ def pytest_configure(config):
     transformers.utils.logging.disable_progress_bar()
     if not (DATA_DIR / "sst2" / "stsa.binary.train").exists():
         raise pytest.UsageError(f"test data not found at {DATA_DIR} (set PROMPTTUNE_TEST_DATA)")
+
+
+def _system_package(package: str, present: bool, *required_by: str) -> None:
+    """Skip a test whose Debian package is missing (`make sysdeps` installs it where it may), or fail it where
+    $PROMPTTUNE_REQUIRE_SYSDEPS (or one of `required_by`) says the package must be there, as CI does."""
+    if present:
+        return
+    reason = f"Debian package {package} not installed (make sysdeps)"
+    required = [v for v in ("PROMPTTUNE_REQUIRE_SYSDEPS", *required_by) if os.environ.get(v)]
+    if required:
+        pytest.fail(f"{reason}, and ${required[0]} requires it")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_installed() -> None:
+    """Fashion-MNIST from Debian's dataset-fashion-mnist (or $PROMPTTUNE_FASHION_MNIST): the CLIP tests' images."""
+    from prompttune.errors import DataError
+    from prompttune.tasks.images import fashion_mnist_dir
+
+    try:
+        fashion_mnist_dir()
+    except DataError:
+        _system_package("dataset-fashion-mnist", False)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, in which the benchmark report test renders its HTML."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    _system_package("chromium", path is not None, "PROMPTTUNE_REQUIRE_BROWSER")
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,9 @@ from safetensors.torch import load_file
 
 from prompttune.bench import ResultStore, build_report, load_grid, run_grid, write_report
 from prompttune.bench import runner as bench_runner
+from prompttune.bench.store import Heartbeat
 from prompttune.errors import ConfigError
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BIN = Path(sys.executable).parent
 
 
@@ -85,7 +86,8 @@ def test_malformed_grid_is_rejected_before_anything_runs(tmp_path, data_dir):
     assert not db.exists()
 
 
-def test_grid_runs_locally_and_on_ray_with_the_same_metrics_and_reports(tmp_path, data_dir, backbone, record_property):
+def test_grid_runs_locally_and_on_ray_with_the_same_metrics_and_reports(tmp_path, data_dir, backbone, record_property,
+                                                                        request):
     pytest.importorskip("ray")
     grid = load_grid(_write(tmp_path / "grid.yaml", GRID.format(data=data_dir)))
     assert len(grid.cells()) == 8
@@ -152,20 +154,16 @@ def test_grid_runs_locally_and_on_ray_with_the_same_metrics_and_reports(tmp_path
     md = paths["markdown"].read_text()
     assert "| zero-shot |" in md and "accuracy_vs_params.png" in md
     assert (tmp_path / "report/accuracy_vs_shots.png").stat().st_size > 5000
-    _check_in_browser(paths["html"], tmp_path / "report.png")
+    _check_in_browser(request.getfixturevalue("chromium"), paths["html"], tmp_path / "report.png")
 
 
-def _check_in_browser(html: Path, screenshot: Path) -> None:
-    if CHROMIUM is None:
-        if os.environ.get("PROMPTTUNE_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (CI installs Debian's chromium in .ci/run)")
-        pytest.skip("Debian's chromium is not installed: apt-get install chromium")
+def _check_in_browser(chromium: str, html: Path, screenshot: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     args = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=args)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(html.as_uri())
         page.screenshot(path=str(screenshot), full_page=True)
@@ -197,9 +195,8 @@ methods: [zero-shot]
     deadline = time.time() + 300
     first: dict[str, float] = {}
     while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            with sqlite3.connect(db, timeout=30) as conn:
-                rows = conn.execute("SELECT key, status, finished FROM runs").fetchall()
+        rows = _runs_once_created(db)
+        if rows is not None:
             done = {k: f for k, s, f in rows if s == "done"}
             if len(done) >= 2 and any(s == "running" for _, s, _ in rows):
                 os.killpg(proc.pid, signal.SIGKILL)  # mid-cell: one is running, the rest pending
@@ -218,6 +215,112 @@ methods: [zero-shot]
     assert all(s == "done" for s, _, _ in rows.values())
     assert all(rows[k][1] == f and rows[k][2] == 1 for k, f in first.items())  # finished cells were not re-run
     assert sorted(a for _, _, a in rows.values()).count(2) == 1  # the cell killed mid-run ran a second time
+
+
+def _runs_once_created(db: Path) -> list[tuple] | None:
+    """(key, status, finished) of every cell, or None while the bench has not yet created its `runs` table
+    (the database file exists a moment before its schema does)."""
+    if not db.exists():  # checked first: connecting would create the file
+        return None
+    with closing(sqlite3.connect(db, timeout=30)) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'").fetchone() is None:
+            return None
+        return conn.execute("SELECT key, status, finished FROM runs").fetchall()
+
+
+def _tiny_grid(path: Path, model: Path, data_dir: Path, tasks: str, seeds: str) -> Path:
+    return _write(path, f"models: [{model}]\ntasks: [{tasks}]\ndata_dir: {data_dir}\nshots: [2]\n"
+                        f"seeds: [{seeds}]\neval_limit: 16\nmethods: [zero-shot]")
+
+
+def _wait_until_opened(procs: list[subprocess.Popen], db: Path, timeout: float = 240) -> None:
+    """Until every process has `db` open (then each is at its first write, which the test's lock holds)."""
+    target, deadline = os.path.realpath(db), time.time() + timeout
+    waiting = set(range(len(procs)))
+    while waiting and time.time() < deadline:
+        for i in list(waiting):
+            assert procs[i].poll() is None, procs[i].communicate()[1][-3000:]
+            fds = Path(f"/proc/{procs[i].pid}/fd")
+            try:
+                if any(os.path.realpath(fd) == target for fd in fds.iterdir()):
+                    waiting.discard(i)
+            except FileNotFoundError:  # a descriptor closed while we looked
+                pass
+        time.sleep(0.05)
+    assert not waiting, "the bench processes did not open the database"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the processes open the database")
+def test_two_bench_processes_on_one_database_run_each_cell_once(tmp_path, data_dir, tiny_llama_dir):
+    grid = _tiny_grid(tmp_path / "grid.yaml", tiny_llama_dir, data_dir, "sst2, trec", "0, 1, 2")
+    db = tmp_path / "runs.db"
+    ResultStore(db).close()
+    # The gate: the test holds the write lock while both benches start, so both find every cell pending and
+    # race for the same cells from the same moment.
+    gate = sqlite3.connect(db, isolation_level=None)
+    gate.execute("BEGIN IMMEDIATE")
+    cmd = [str(BIN / "prompttune"), "bench", str(grid), "--db", str(db)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    try:
+        _wait_until_opened(procs, db)
+    finally:
+        gate.execute("COMMIT")
+        gate.close()
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-3000:] for _, err in outs]
+    ran = []
+    for out, _ in outs:
+        fields = dict(f.split("=") for f in out.strip().splitlines()[-1].split())
+        assert fields["runs"] == "6" and fields["failed"] == "0" and int(fields["done"]) + int(fields["skipped"]) == 6
+        ran.append(int(fields["done"]))
+    with closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute("SELECT status, attempts, owner FROM runs").fetchall()
+    assert len(rows) == 6 and all(s == "done" for s, _, _ in rows)
+    assert [a for _, a, _ in rows] == [1] * 6, rows  # no cell ran twice
+    assert sum(ran) == 6 and min(ran) >= 1, ran  # each bench ran its share
+    assert len({o for _, _, o in rows}) == 2
+
+
+def test_a_stale_claim_is_taken_over_and_a_live_one_is_not(tmp_path, data_dir, tiny_llama_dir):
+    grid = load_grid(_tiny_grid(tmp_path / "grid.yaml", tiny_llama_dir, data_dir, "sst2", "0, 1, 2, 3"))
+    db = tmp_path / "runs.db"
+    store = ResultStore(db)
+    cells = grid.cells()
+    store.add_cells(cells)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale_after, now = 3.0, time.time()
+    held = {  # cells left `running` by other benches
+        cells[0].key: ("far-host:4242:silent", now - 600),  # no heartbeat for 10 minutes
+        cells[1].key: (f"{socket.gethostname()}:{gone.pid}:dead", now),  # fresh heartbeat, but its process is gone
+        cells[2].key: ("far-host:4243:alive", now),  # alive until its heartbeat is `stale_after` old
+    }
+    for key, (owner, beat) in held.items():
+        store._conn.execute("UPDATE runs SET status='running', attempts=1, owner=?, heartbeat=?, started=? "
+                            "WHERE key=?", (owner, beat, beat, key))
+
+    # cell 3: claimed by a bench whose heartbeat keeps the claim fresh while it runs, and stops with it
+    assert store.claim(cells[3].key, "far-host:4244:beating") == 1
+    heartbeat = "SELECT heartbeat FROM runs WHERE key=?"
+    with Heartbeat(db, "far-host:4244:beating", interval=0.05):
+        time.sleep(0.5)
+    last_beat = store._conn.execute(heartbeat, (cells[3].key,)).fetchone()[0]
+    assert last_beat > now + 0.3
+    time.sleep(0.2)
+    assert store._conn.execute(heartbeat, (cells[3].key,)).fetchone()[0] == last_beat
+
+    summary = run_grid(grid, db, heartbeat_s=0.2, stale_after_s=stale_after, poll_s=0.2)
+    assert summary.line() == "runs=4 done=4 failed=0 skipped=0"
+    rows = {key: (status, attempts, started, owner) for key, status, attempts, started, owner in store._conn.execute(
+        "SELECT key, status, attempts, started, owner FROM runs")}
+    store.close()
+    assert all(status == "done" for status, *_ in rows.values())
+    assert [rows[c.key][1] for c in cells] == [2, 2, 2, 2]  # each claim taken over once
+    assert len({rows[c.key][3] for c in cells}) == 1  # by this bench
+    for live, since in ((cells[2], now), (cells[3], last_beat)):  # left alone until their heartbeat went stale
+        assert rows[live.key][2] >= since + stale_after
 
 
 def test_data_parallel_training_matches_one_process(tmp_path, data_dir):

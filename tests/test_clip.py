@@ -37,7 +37,7 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fashion():
+def fashion(fashion_mnist_installed):
     return load_image_task("fashion-mnist")
 
 
@@ -185,7 +185,7 @@ def test_bad_image_inputs_are_clear(tmp_path):
         load_image_task(root / "task.yaml")
 
 
-def test_cli_trains_a_clip_prompt(tiny, tmp_path, data_dir):
+def test_cli_trains_a_clip_prompt(tiny, tmp_path, data_dir, fashion_mnist_installed):
     from prompttune.cli import app
 
     result = CliRunner().invoke(app, ["train", "--method", "coop", "--model", tiny.model_id, "--task",
@@ -218,7 +218,7 @@ def test_cli_trains_a_clip_prompt(tiny, tmp_path, data_dir):
 
 
 @pytest.fixture(scope="module")
-def lit():
+def lit(fashion_mnist_installed):
     return load_clip_backbone(str(lit_fashion_model()), device="cpu")
 
 
@@ -236,7 +236,7 @@ def test_coop_beats_zero_shot_on_held_out_base_classes(lit, fashion, tmp_path):
     assert zs.meta["metrics"]["new"]["accuracy"] > 0.2
 
 
-def test_bench_grid_runs_clip_methods(tiny, tmp_path):
+def test_bench_grid_runs_clip_methods(tiny, tmp_path, fashion_mnist_installed):
     """CLIP methods are bench cells like any other: the recorded accuracy is the base/new harmonic mean."""
     from prompttune.bench import ResultStore, build_report, load_grid, run_grid
 

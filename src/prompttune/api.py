@@ -7,6 +7,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,21 +16,25 @@ from typing import Any
 
 from .artifact import (
     ARTIFACT_JSON,
+    RUN_JSON,
     backbone_meta,
     check_backbone,
+    foreign_entries,
+    is_run_dir,
     load,
     prompt_from_tensors,
     read_artifact,
     task_meta,
     write_artifact,
 )
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluation import EvalResult, evaluate_prompt
 from .methods import RunContext, available_methods, get_method
 from .models import BACKBONE_TYPES, Backbone, load_backbone
 from .tasks import Example, Task, load_task
 from .training import CHECKPOINTS, DataParallel
 from .utils.env import package_versions
+from .utils.io import atomic_write_json
 
 __all__ = ["TrainReport", "evaluate", "evaluate_artifact", "load", "train"]
 
@@ -48,16 +53,92 @@ def _backbone(model: str | Backbone, device: str, dtype: str) -> Backbone:
 
 
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if overwrite or not out.exists():
+    """Refuse, before any work, an --out that this run may not write into (or, with --overwrite, delete)."""
+    if not out.exists():
         return
     if not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    if overwrite:
+        foreign = foreign_entries(out)
+        if foreign or (any(out.iterdir()) and not is_run_dir(out)):
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ConfigError(f"--overwrite: --out {out} is not a prompttune artifact or run directory (it holds "
+                              f"{shown or 'no artifact'}); refusing to delete it: choose another --out")
+        return
     if (out / ARTIFACT_JSON).exists() and not resume:
         raise ConfigError(f"--out {out} already holds an artifact; pass --overwrite to replace it")
     if any(out.glob(CHECKPOINTS)) and not resume:
         raise ConfigError(
             f"--out {out} holds an unfinished run's checkpoint; pass --resume to continue it or --overwrite"
         )
+
+
+def run_fingerprint(identity: dict[str, Any]) -> str:
+    """The hash of everything that determines a run's result (method, config, task, data, seeds, backbone)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def describe_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> str:
+    """What differs between two run identities, for a message: "seed 0 -> 7; train data ... changed"."""
+    if not old:
+        return "it records no run identity"
+    a, b = _flat(old), _flat(new)
+    out: list[str] = []
+    for split, info in (new.get("data") or {}).items():
+        before = (old.get("data") or {}).get(split)
+        if before != info:
+            where = info.get("source", split) if isinstance(info, dict) else split
+            size = ""
+            if isinstance(before, dict) and "size" in before and "size" in info and before["size"] != info["size"]:
+                size = f": {before['size']} -> {info['size']} bytes"
+            out.append(f"the {split} data ({where}) changed{size}")
+    for key in sorted(set(a) | set(b)):
+        if key.startswith("data.") or a.get(key) == b.get(key):
+            continue
+        out.append(f"{key} {str(a.get(key, '(unset)'))[:40]} -> {str(b.get(key, '(unset)'))[:40]}")
+    return "; ".join(out[:limit]) + ("; ..." if len(out) > limit else "") if out else "its fingerprint differs"
+
+
+def check_same_run(out: Path, fingerprint: str, identity: dict[str, Any], resume: bool) -> None:
+    """With --resume, continue only the run that --out holds: refuse an artifact or unfinished run of
+    another one (other method, hyper-parameters, seed, shots, model or changed data), saying what differs."""
+    if not resume or not out.is_dir():
+        return
+    unfinished = "checkpoint" if any(out.glob(CHECKPOINTS)) else "unfinished run"
+    for name, what in ((ARTIFACT_JSON, "artifact"), (RUN_JSON, unfinished)):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ConfigError(f"--resume: {path} is unreadable, so its run cannot be told; use --overwrite") from None
+        if not isinstance(recorded, dict) or recorded.get("run_fingerprint") != fingerprint:
+            before = recorded.get("run_identity") if isinstance(recorded, dict) else None
+            why = describe_differences(before or {}, identity)
+            raise ConfigError(
+                f"--resume: --out {out}: its {what} belongs to a different run ({why}); "
+                "--resume continues only the same run: choose another --out, or --overwrite to replace it"
+            )
+        return
+
+
+def prepare_out_dir(out: Path, overwrite: bool, fingerprint: str, identity: dict[str, Any]) -> bool:
+    """Clear --out for --overwrite (checked safe by `_check_out_dir`), create it and record the run's
+    identity in run.json; returns whether the directory is new."""
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    if DataParallel.current().is_main:
+        atomic_write_json(out / RUN_JSON, {"run_fingerprint": fingerprint, "run_identity": identity})
+    return created
 
 
 def held_out(task: Task, split: str, used: list[Example], limit: int | None) -> list[Example]:
@@ -123,16 +204,12 @@ def train(
                           "text prompt (a soft prompt is tied to its model)")
     ports = [_backbone(m, device, dtype) for m in port_to or []]  # a bad model id fails before training
     config = method_obj.config.model_dump()
-    run_key = json.dumps(
-        {"method": method, "config": config, "task": task_obj.spec.model_dump(), "shots": shots, "seed": seed,
-         "dev_shots": dev_shots, "backbone": backbone.fingerprint}, sort_keys=True,
-    )
-    fingerprint = hashlib.sha256(run_key.encode()).hexdigest()[:16]
-
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    identity = {"method": method, "config": config, "task": task_obj.spec.model_dump(),
+                "data": task_obj.data_identity(), "shots": shots, "seed": seed, "dev_shots": dev_shots,
+                "backbone": backbone.fingerprint}
+    fingerprint = run_fingerprint(identity)
+    check_same_run(out_dir, fingerprint, identity, resume)
+    created = prepare_out_dir(out_dir, overwrite, fingerprint, identity)
     ctx = RunContext(
         backbone=backbone, task=task_obj, data=fewshot, labels=labels, seed=seed, out_dir=out_dir,
         resume=resume, progress=sys.stderr.isatty() if progress is None else progress,
@@ -141,8 +218,10 @@ def train(
     try:
         result = method_obj.fit(ctx)
     except BaseException:
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+        if not any(out_dir.glob(CHECKPOINTS)):  # nothing to resume: leave no trace of the run
+            (out_dir / RUN_JSON).unlink(missing_ok=True)
+            if created and not any(out_dir.iterdir()):
+                out_dir.rmdir()
         raise
     prompt = prompt_from_tensors(result.prompt_kind, result.tensors, backbone.device, result.text_prompt)
     dev = evaluate_prompt(backbone, task_obj, labels, fewshot.dev, prompt)
@@ -164,14 +243,13 @@ def train(
         **({"text_prompt": result.text_prompt} if result.text_prompt is not None else {}),
         **({"portability": portability} if portability else {}),
         "run_fingerprint": fingerprint,
+        "run_identity": identity,
         "train_seconds": round(time.perf_counter() - started, 2),
         "versions": package_versions(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if DataParallel.current().is_main:  # under `accelerate launch`, one process writes
-        write_artifact(out_dir, result.tensors, meta)
-        for ckpt in out_dir.glob(CHECKPOINTS):
-            ckpt.unlink()
+        write_artifact(out_dir, result.tensors, meta)  # swapped in whole; the run's checkpoints go with the old dir
     return TrainReport(out_dir, meta, dev, test, time.perf_counter() - started)
 
 
@@ -198,12 +276,48 @@ def evaluate_artifact(
     limit: int | None = None, model: str | Backbone | None = None, device: str = "auto",
     dtype: str = "auto",
 ) -> EvalResult:
-    """Score an artifact on a task split (by default the task it was trained on)."""
+    """Score an artifact on a task split (by default the task it was trained on), minus the examples its
+    run drew for training and selection, by the rule `train` applies (`held_out`): the k-shot draw is
+    redrawn from the shots and seed prompt.json's `data` records. On the same split and limit the
+    numbers equal the train-time held-out ones. The result names the `split` and counts `excluded`."""
     meta, tensors = read_artifact(path)
     task_obj = load_task(task or meta["task"].get("source", meta["task"]["name"]), data_dir)
-    examples = task_obj.split(split or task_obj.eval_split_name)
-    examples = examples[:limit] if limit else examples
+    split_name = split or task_obj.eval_split_name
+    used = _drawn_for_training(path, meta, task_obj, data_dir)
+    taken = {ex.origin for ex in used}
+    examples = held_out(task_obj, split_name, used, limit)
     backbone = _backbone(model or meta["backbone"]["id"], device, dtype)
     check_backbone(meta, backbone, f"artifact {path}")
     prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device, meta.get("text_prompt"))
-    return evaluate(backbone, task_obj, examples, prompt)
+    result = evaluate(backbone, task_obj, examples, prompt)
+    result.split = split_name
+    result.excluded = sum(ex.origin in taken for ex in task_obj.split(split_name))
+    return result
+
+
+def _drawn_for_training(
+    path: str | Path, meta: dict[str, Any], task: Task, data_dir: str | Path | None
+) -> list[Example]:
+    """The train and dev examples the artifact's run drew (`Task.few_shot` with its recorded shots and seed),
+    from the artifact's own task (which `task` may be, or share data files with: origins are file:line)."""
+    data = meta.get("data") or {}
+    if not isinstance(data.get("shots"), int) or not isinstance(data.get("seed"), int):
+        return []  # imported or CLIP artifacts record no k-shot draw: nothing of `task` was trained on
+    own = meta["task"].get("source", meta["task"]["name"])
+    source = task
+    if own != task.origin:  # scoring on another task: it shares data with the trained one only by file:line
+        try:
+            source = load_task(own, data_dir)
+        except (ConfigError, DataError) as exc:
+            warnings.warn(f"artifact {path} was trained on task {own}, whose data cannot be read here ({exc}); "
+                          f"no example of {task.name} is left out as used in training", UserWarning, stacklevel=3)
+            return []
+    fewshot = source.few_shot(data["shots"], data["seed"], data.get("dev_shots"))
+    recorded = (data.get("train_size"), data.get("dev_size"))
+    if None not in recorded and recorded != (len(fewshot.train), len(fewshot.dev)):
+        raise DataError(
+            f"artifact {path}: its task data ({own}) no longer gives the draw it was trained on ({recorded[0]} train "
+            f"and {recorded[1]} dev examples recorded, {len(fewshot.train)} and {len(fewshot.dev)} now), so which "
+            "examples training used cannot be told; evaluate with the data it was trained on"
+        )
+    return fewshot.train + fewshot.dev

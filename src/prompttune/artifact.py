@@ -1,7 +1,11 @@
 """The prompt artifact: a directory with `prompt.safetensors` and `prompt.json`, and its predictor.
 
-`prompt.json` is written last, so a directory without it is an unfinished run, never a broken
-artifact. Loading reads safetensors and JSON only: nothing is ever unpickled.
+The artifact is written whole into a temporary directory and swapped in place of the run
+directory, so its tensors and its JSON always come from the same write, and a directory without
+`prompt.json` is an unfinished run, never a broken artifact. Loading reads safetensors and JSON
+only (nothing is ever unpickled), checks `format_version`, the type of every field it uses and
+the shape of every tensor against the backbone, so a bad artifact fails at load with its name,
+not later inside torch.
 """
 
 from __future__ import annotations
@@ -16,18 +20,105 @@ from safetensors.torch import load_file
 
 from .errors import ArtifactError, ConfigError
 from .models import BACKBONE_TYPES, Backbone, DeltaPrompt, EncoderPrompt, load_backbone
-from .utils.io import atomic_save_tensors, atomic_write_json
+from .models.loading import FINGERPRINT_VERSION, fingerprint_of
+from .utils.io import atomic_save_tensors, atomic_write_json, write_dir_atomically
 
 ARTIFACT_JSON = "prompt.json"
 ARTIFACT_TENSORS = "prompt.safetensors"
+RUN_JSON = "run.json"  # an unfinished run's identity (see api.train); gone once the artifact is written
 FORMAT_VERSION = 1
 PROMPT_KINDS = ("none", "soft", "kv", "dept", "instance", "encoder-head", "hard", "boosted", "clip")
 
 
+def _checkpoint(name: str) -> bool:
+    return name.startswith("checkpoint") and name.endswith(".safetensors")
+
+
+def _run_state(entry: Path) -> bool:
+    """Files of an unfinished run that the finished artifact drops: checkpoints, run.json, temp files."""
+    name = entry.name
+    return name in (ARTIFACT_JSON, ARTIFACT_TENSORS, RUN_JSON) or name.startswith(".") or _checkpoint(name)
+
+
 def write_artifact(out_dir: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(out_dir / ARTIFACT_TENSORS, tensors, {"format": "prompttune"})
-    atomic_write_json(out_dir / ARTIFACT_JSON, {"format_version": FORMAT_VERSION, **meta})
+    """Write the artifact into a fresh directory and swap it in place of `out_dir`. Other files of the
+    run (e.g. an LLM ledger) are carried over; its checkpoints are not."""
+
+    def write(tmp: Path) -> None:
+        atomic_save_tensors(tmp / ARTIFACT_TENSORS, tensors, {"format": "prompttune"})
+        atomic_write_json(tmp / ARTIFACT_JSON, {"format_version": FORMAT_VERSION, **meta})
+
+    write_dir_atomically(Path(out_dir), write, keep=lambda entry: not _run_state(entry))
+
+
+def is_run_dir(path: Path) -> bool:
+    """True for a directory prompttune made: an artifact, or an unfinished run (checkpoints, run.json)."""
+    if not path.is_dir():
+        return False
+    return (path / ARTIFACT_JSON).exists() or (path / RUN_JSON).exists() or any(path.glob("checkpoint*.safetensors"))
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of directory `path` that prompttune never writes into an artifact or run directory
+    (what `--overwrite` must not delete)."""
+    ours = (ARTIFACT_JSON, ARTIFACT_TENSORS, RUN_JSON, "llm_ledger.jsonl")
+    return sorted(e.name + ("/" if e.is_dir() else "") for e in path.iterdir()
+                  if not (e.is_file() and (e.name in ours or _checkpoint(e.name)
+                                           or (e.name.startswith(".") and e.name.endswith(".tmp")))))
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list", float: "a number"}
+
+
+def _field(meta: Mapping[str, Any], dotted: str, kind: type | tuple[type, ...], where: Path,
+           required: bool = True) -> Any:
+    """prompt.json's field `dotted` (e.g. "task.template"), which must be of type `kind`."""
+    value: Any = meta
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            if required:
+                raise ArtifactError(f"{where}: missing field '{dotted}'")
+            return None
+        value = value[part]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        want = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        raise ArtifactError(f"{where}: field '{dotted}' must be {want}, not {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _check_fields(meta: Any, where: Path) -> None:
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{where}: must hold a JSON object, not {type(meta).__name__}")
+    version = _field(meta, "format_version", int, where)
+    if not 1 <= version <= FORMAT_VERSION:
+        raise ArtifactError(f"{where}: format_version {version} is not one this prompttune reads (1 to "
+                            f"{FORMAT_VERSION}); it was written by a newer version, upgrade prompttune")
+    _field(meta, "method", str, where)
+    kind = _field(meta, "prompt_kind", str, where)
+    if kind not in PROMPT_KINDS:
+        raise ArtifactError(f"{where}: prompt_kind '{kind}' is not known to this version")
+    _field(meta, "backbone.id", str, where)
+    _field(meta, "backbone.fingerprint", str, where)
+    _field(meta, "backbone.fingerprint_version", int, where, required=False)
+    _field(meta, "task", dict, where)
+    if kind == "clip":
+        for name in ("classes", "templates", "trained_classes"):
+            _field(meta, f"task.{name}", list, where)
+        _field(meta, "prompt_shape", dict, where, required=False)
+        return
+    _field(meta, "task.template", str, where)
+    fields = _field(meta, "task.input_fields", list, where)
+    if not fields or not all(isinstance(f, str) for f in fields):
+        raise ArtifactError(f"{where}: field 'task.input_fields' must be a non-empty list of strings")
+    verbalizer = _field(meta, "task.verbalizer", dict, where)
+    for label, words in verbalizer.items():
+        ok = isinstance(words, str) or (isinstance(words, list) and words and all(isinstance(w, str) for w in words))
+        if not ok:
+            raise ArtifactError(f"{where}: field 'task.verbalizer.{label}' must be a word or a non-empty list of "
+                                f"words, not {words!r:.60}")
+    if kind in ("hard", "boosted"):
+        _field(meta, "text_prompt", dict, where)
 
 
 def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -36,18 +127,16 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     if not root.is_dir():
         raise ArtifactError(f"{root} is not an artifact directory (no such directory)")
     if not meta_path.exists():
-        unfinished = (root / "checkpoint.safetensors").exists()
+        unfinished = any(root.glob("checkpoint*.safetensors"))
         hint = " (it holds an unfinished run: train again with --resume)" if unfinished else ""
         raise ArtifactError(f"{root}: no {ARTIFACT_JSON}, so not a finished prompttune artifact{hint}")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{meta_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    for key in ("method", "prompt_kind", "backbone", "task"):
-        if key not in meta:
-            raise ArtifactError(f"{meta_path}: missing field '{key}'")
-    if meta["prompt_kind"] not in PROMPT_KINDS:
-        raise ArtifactError(f"{meta_path}: prompt_kind '{meta['prompt_kind']}' is not known to this version")
+    except UnicodeDecodeError:
+        raise ArtifactError(f"{meta_path}: not UTF-8 text") from None
+    _check_fields(meta, meta_path)
     try:
         tensors = load_file(str(root / ARTIFACT_TENSORS))
     except FileNotFoundError:
@@ -59,8 +148,9 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
 
 def backbone_meta(backbone: Backbone) -> dict[str, Any]:
     """What an artifact records of its backbone; `fingerprint` is what loading checks."""
-    return {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "class": type(backbone.model).__name__,
-            "hidden_size": backbone.hidden_size, "dtype": str(backbone.dtype).removeprefix("torch.")}
+    return {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "fingerprint_version": FINGERPRINT_VERSION,
+            "class": type(backbone.model).__name__, "hidden_size": backbone.hidden_size,
+            "dtype": str(backbone.dtype).removeprefix("torch.")}
 
 
 def task_meta(task) -> dict[str, Any]:
@@ -70,13 +160,64 @@ def task_meta(task) -> dict[str, Any]:
             "input_fields": spec.input_fields, "verbalizer": spec.verbalizer}
 
 
+def backbone_matches(recorded: Mapping[str, Any], backbone) -> bool:
+    """Whether `backbone` has the weights an artifact recorded. Artifacts written before fingerprint
+    version 2 hold the old, sampled fingerprint: for them it is recomputed the old way."""
+    version = recorded.get("fingerprint_version", 1)
+    return recorded.get("fingerprint") == fingerprint_of(backbone, version)
+
+
 def check_backbone(meta: Mapping[str, Any], backbone: Backbone, where: str) -> None:
     want = meta["backbone"]
-    if want.get("fingerprint") != backbone.fingerprint:
+    if not backbone_matches(want, backbone):
         raise ArtifactError(
             f"{where} was trained on backbone '{want.get('id')}' (weights {want.get('fingerprint')}), "
-            f"not on '{backbone.model_id}' (weights {backbone.fingerprint}); load it with that model"
+            f"not on '{backbone.model_id}' (weights {fingerprint_of(backbone, want.get('fingerprint_version', 1))}); "
+            "load it with that model"
         )
+
+
+def _expected_shapes(kind: str, backbone, n_labels: int) -> dict[str, tuple[str, ...]]:
+    """Per tensor, its expected shape: a number where the backbone fixes it, a name where it is free."""
+    hidden = str(backbone.hidden_size)
+    if kind in ("soft", "dept", "instance"):
+        shapes = {"prompt": ("n_tokens", hidden)} if kind != "instance" else {"weight": ("n_tokens", hidden),
+                                                                                "down.weight": ("bottleneck", hidden)}
+        if kind == "dept":
+            shapes["input_delta"] = ("positions", hidden)
+        return shapes
+    if kind in ("kv", "encoder-head"):
+        if kind == "kv":
+            from .prompts.deep import kv_shape
+
+            layers, heads, head_dim = kv_shape(backbone.model.config)
+        else:
+            layers, heads, head_dim = backbone.kv_shape
+        kv = (str(layers), str(heads), "n_tokens", str(head_dim))
+        shapes = {"keys": kv, "values": kv}
+        if kind == "encoder-head":
+            shapes.update({"head.weight": (str(n_labels), hidden), "head.bias": (str(n_labels),)})
+        return shapes
+    return {}
+
+
+def check_tensors(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], backbone, where: str) -> None:
+    """Refuse tensors whose shapes do not fit `backbone` (e.g. a prompt of another hidden size) or the
+    artifact's own labels, naming the tensor and both shapes."""
+    kind = meta["prompt_kind"]
+    sizes: dict[str, int] = {}
+    for name, want in _expected_shapes(kind, backbone, len(meta["task"].get("verbalizer", {}))).items():
+        if name not in tensors:
+            raise ArtifactError(f"{where}: a '{kind}' artifact needs the tensor '{name}' in {ARTIFACT_TENSORS}")
+        got = tuple(tensors[name].shape)
+        ok = len(got) == len(want) and all(
+            (w.isdigit() and int(w) == g) or (not w.isdigit() and sizes.setdefault(w, g) == g)
+            for w, g in zip(want, got, strict=False))
+        if not ok or not tensors[name].is_floating_point():
+            raise ArtifactError(
+                f"{where}: tensor '{name}' is {tensors[name].dtype} of shape {got}; model '{backbone.model_id}' needs "
+                f"a float tensor of shape ({', '.join(want)})"
+            )
 
 
 def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=None,
@@ -109,7 +250,8 @@ def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=N
 class Predictor:
     """A learned prompt applied to its frozen backbone: `predict`, `scores`, `generate`."""
 
-    def __init__(self, backbone: Backbone, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+    def __init__(self, backbone: Backbone, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                 where: str = "artifact"):
         self.backbone = backbone
         self.meta = meta
         task = meta["task"]
@@ -117,7 +259,12 @@ class Predictor:
         self.input_fields: list[str] = task["input_fields"]
         self.labels: list[str] = list(task["verbalizer"])
         words = [[w] if isinstance(w, str) else list(w) for w in task["verbalizer"].values()]
-        self.prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device, meta.get("text_prompt"))
+        check_tensors(meta, tensors, backbone, where)
+        try:
+            self.prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device, meta.get("text_prompt"))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # tensors or text_prompt that do not fit
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ArtifactError(f"{where}: its {meta['prompt_kind']} prompt cannot be rebuilt ({first})") from None
         self.boosted = None
         from .prompts.hard import BoostedPrompts, HardPrompt
 
@@ -175,4 +322,4 @@ def load(
     else:
         backbone = load_backbone(model or meta["backbone"]["id"], device=device, dtype=dtype)
     check_backbone(meta, backbone, f"artifact {path}")
-    return Predictor(backbone, meta, tensors)
+    return Predictor(backbone, meta, tensors, f"artifact {path}")

@@ -106,8 +106,10 @@ def train(
     eval_split: Annotated[str | None, typer.Option(help="Split for the final score (default: test when "
                                                      "the task has one).")] = None,
     eval_limit: Annotated[int | None, typer.Option(help="Score only the first N examples of that split.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing artifact in --out.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint; only the same "
+                                         "run (method, hyper-parameters, data, seed, model) is continued.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the artifact or run in --out (a directory prompttune did "
+                                            "not write is never deleted).")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
@@ -209,12 +211,13 @@ def eval_cmd(
     data_dir: DataDirOpt = None,
     split: Annotated[str | None, typer.Option(help="train, dev or test (default: test when the task has "
                                                    "one, else dev).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Score only the first N examples.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N held-out examples.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Score an artifact on a task split. Last line: accuracy=<a> macro_f1=<f> examples_per_s=<r>
+    """Score an artifact on a task split, minus the examples its training drew (as `train` scores its held-out
+    set). Last line: accuracy=<a> macro_f1=<f> examples_per_s=<r>
     (a CLIP artifact: base=<a> new=<a> hm=<h>, or accuracy=<a>, on the image task's test split)."""
     from .api import evaluate_artifact
     from .artifact import read_artifact
@@ -233,6 +236,8 @@ def eval_cmd(
             print(f"accuracy={m['all']['accuracy']:.4f}")
         return
     result = evaluate_artifact(artifact, task, data_dir, split, limit, model, device, dtype)
+    console.print(f"split '{result.split}': {result.excluded} examples left out as used in training or selection",
+                  highlight=False)
     console.print(f"{result.n} examples: accuracy {result.accuracy:.4f}, "
                   f"macro-F1 {result.macro_f1:.4f}, {result.examples_per_s:.1f} examples/s")
     print(f"accuracy={result.accuracy:.4f} macro_f1={result.macro_f1:.4f} examples_per_s={result.examples_per_s:.2f}")
@@ -442,6 +447,16 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Rows per batched forward pass.")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1_000_000,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 512,
+    max_inputs: Annotated[int, typer.Option(help="Most inputs (or prompts) in one request.")] = 256,
+    max_request_rows: Annotated[int, typer.Option(help="Most sequences one completion request may generate "
+                                                  "(prompts x n).")] = 64,
+    request_timeout: Annotated[float, typer.Option(help="Seconds a request may wait and run before it answers "
+                                                   "504 (for a stream: to start, and between pieces).")] = 60.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request's headers, and its "
+                                                "body; a stalled upload is dropped.")] = 30.0,
+    max_image_pixels: Annotated[int, typer.Option(help="CLIP: largest image (width x height), read from its "
+                                                  "header before decoding.")] = 4096 * 4096,
+    max_decoded_mb: Annotated[int, typer.Option(help="CLIP: most MiB one request's images may decode to.")] = 256,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
@@ -470,8 +485,16 @@ def serve(
     key = api_key or os.environ.get("PROMPTTUNE_API_KEY")
     console.print(f"serving {backbone.model_id} and {len(artifacts)} artifact(s) on http://{host}:{port}/v1"
                   + (" (API key required)" if key else ""))
+    for flag, value in (("--max-batch", max_batch), ("--max-inputs", max_inputs),
+                        ("--max-request-rows", max_request_rows), ("--request-timeout", request_timeout),
+                        ("--body-timeout", body_timeout), ("--max-image-pixels", max_image_pixels),
+                        ("--max-decoded-mb", max_decoded_mb)):
+        if value <= 0:
+            raise ConfigError(f"{flag} {value}: must be positive")
     run_server(backbone, artifacts, host=host, port=port, api_key=key, max_batch=max_batch,
-               max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit)
+               max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit, max_inputs=max_inputs,
+               max_request_rows=max_request_rows, request_timeout=request_timeout, body_timeout=body_timeout,
+               max_image_pixels=max_image_pixels, max_decoded_mb=max_decoded_mb)
 
 
 @app.command()

@@ -40,6 +40,8 @@ class EvalResult:
     n: int
     seconds: float
     predictions: list[int] = field(default_factory=list, repr=False)
+    split: str | None = None  # set by `evaluate_artifact`: the split scored ...
+    excluded: int = 0  # ... and how many of its examples were left out as used in training or selection
 
     @property
     def examples_per_s(self) -> float:

@@ -221,16 +221,30 @@ def _progress_bar(enabled: bool) -> Progress:
     )
 
 
+def _param_names(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """A stable name for each parameter the optimizer holds, in its param_groups order: the module's
+    name for it, or `group<g>.<i>` for a parameter the module does not own."""
+    names = {id(p): n for n, p in module.named_parameters(remove_duplicate=False)}
+    return [names.get(id(p), f"group{g}.{i}") for g, group in enumerate(optimizer.param_groups)
+            for i, p in enumerate(group["params"])]
+
+
 def _save_checkpoint(path, module, optimizer, step, best, best_step, best_state, history, fingerprint) -> None:
     tensors = {f"module.{k}": v for k, v in module.state_dict().items()}
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
-    for i, state in enumerate(optimizer.state_dict()["state"].values()):
-        for key, value in state.items():
-            tensors[f"optim.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    # Optimizer state keyed by parameter name: a parameter that has no state yet (it never got a
+    # gradient) must not shift the others' state onto the wrong parameters at resume.
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    optim_state: dict[str, list[str]] = {}
+    for name, p in zip(_param_names(module, optimizer), params, strict=True):
+        state = optimizer.state.get(p)
+        if state:
+            optim_state[name] = sorted(state)
+            for key, value in state.items():
+                tensors[f"optim.{name}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
     meta = {
         "step": step, "best_step": best_step, "best_accuracy": best.accuracy, "best_loss": best.loss,
-        "history": history, "fingerprint": fingerprint,
-        "optim_keys": [sorted(s) for s in optimizer.state_dict()["state"].values()],
+        "history": history, "fingerprint": fingerprint, "optim_state": optim_state,
     }
     atomic_save_tensors(path, tensors, {"prompttune": json.dumps(meta)})
 
@@ -247,13 +261,21 @@ def _load_checkpoint(path, module, optimizer, fingerprint):
             f"{path}: checkpoint belongs to a different run (method, hyper-parameters, data or model differ); "
             "use --overwrite to start over"
         )
+    if not isinstance(meta.get("optim_state"), dict):
+        raise ArtifactError(f"{path}: checkpoint written by an older prompttune (optimizer state by position, not "
+                            "by parameter name); use --overwrite to start over")
     module.load_state_dict({k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")})
     best_state = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
-    state_dict = optimizer.state_dict()
-    params = [p for g in state_dict["param_groups"] for p in g["params"]]
+    names = _param_names(module, optimizer)
+    unknown = set(meta["optim_state"]) - set(names)
+    if unknown:
+        raise ArtifactError(f"{path}: optimizer state of parameters this run does not have: "
+                            f"{', '.join(sorted(unknown))}")
+    state_dict = optimizer.state_dict()  # its "params" are indices in param_groups order, as `names` is
+    ids = [i for g in state_dict["param_groups"] for i in g["params"]]
     state_dict["state"] = {
-        pid: {key: tensors[f"optim.{i}.{key}"] for key in keys}
-        for i, (pid, keys) in enumerate(zip(params, meta["optim_keys"], strict=False))
+        pid: {key: tensors[f"optim.{name}.{key}"] for key in meta["optim_state"][name]}
+        for pid, name in zip(ids, names, strict=True) if name in meta["optim_state"]
     }
     optimizer.load_state_dict(state_dict)
     best = Evaluation(meta["best_accuracy"], meta["best_loss"])

@@ -8,9 +8,6 @@ ones among new classes; report their harmonic mean).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -19,15 +16,16 @@ from typing import Any
 
 import torch
 
-from .api import _check_out_dir
-from .artifact import read_artifact, write_artifact
+from .api import _check_out_dir, check_same_run, prepare_out_dir, run_fingerprint
+from .artifact import backbone_matches, read_artifact, write_artifact
 from .errors import ArtifactError, ConfigError
 from .methods import get_method
 from .methods.clip_base import ClipPredictor, ClipRunContext
 from .methods.tpt import TPTPredictor
 from .models.clip import ClipBackbone, harmonic_mean, load_clip_backbone
+from .models.loading import FINGERPRINT_VERSION, fingerprint_of
+from .prompts.clip import ClipPrompt, PromptShape
 from .tasks.images import ImageTask, load_image_task
-from .training import CHECKPOINTS
 from .utils.env import package_versions
 
 
@@ -36,6 +34,27 @@ class ClipReport:
     out_dir: Path
     meta: dict[str, Any]
     seconds: float
+
+
+def check_clip_tensors(meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone: ClipBackbone,
+                       where: str) -> None:
+    """Refuse tensors that do not fit the artifact's prompt shape on `backbone` (another width, depth or
+    class count), naming the tensor and both shapes, before torch would fail inside load_state_dict."""
+    shape = meta.get("prompt_shape")
+    if not shape:
+        return
+    try:
+        with torch.random.fork_rng(devices=[]):  # the throw-away module must not move the global RNG
+            expected = ClipPrompt(PromptShape(**shape), backbone, len(meta["task"]["trained_classes"])).state_dict()
+    except TypeError as exc:
+        raise ArtifactError(f"{where}: prompt_shape {shape} is not a CLIP prompt shape ({exc})") from None
+    for name, want in expected.items():
+        got = tensors.get(name)
+        if got is None:
+            raise ArtifactError(f"{where}: missing tensor '{name}' that its prompt_shape needs")
+        if tuple(got.shape) != tuple(want.shape) or not got.is_floating_point():
+            raise ArtifactError(f"{where}: tensor '{name}' is {got.dtype} of shape {tuple(got.shape)}; model "
+                                f"'{backbone.model_id}' with this prompt shape needs float {tuple(want.shape)}")
 
 
 def make_predictor(backbone: ClipBackbone, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
@@ -79,13 +98,16 @@ def train_clip(method: str, model: str | ClipBackbone, task: str | ImageTask, sh
     fewshot = task_obj.few_shot(shots, seed, dev_shots, base_only=base_to_new)
     backbone = model if isinstance(model, ClipBackbone) else load_clip_backbone(model, device, dtype)
     config = method_obj.config.model_dump()
-    key = json.dumps({"method": method, "config": config, "task": task_obj.name, "classes": task_obj.classes,
-                      "train": fewshot.train, "dev": fewshot.dev, "seed": seed, "backbone": backbone.fingerprint},
-                     sort_keys=True)
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
-    if overwrite and out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    used = fewshot.train + fewshot.dev  # the data: these images' bytes and labels
+    data = {"train": {"source": task_obj.name, "images": len(used),
+                      "labels": task_obj.train.labels[used].tolist() if used else [],
+                      "sha256": task_obj.train.content_hash(used)}}
+    identity = {"method": method, "config": config, "task": task_obj.name, "classes": task_obj.classes,
+                "train": fewshot.train, "dev": fewshot.dev, "data": data, "seed": seed,
+                "backbone": backbone.fingerprint}
+    fingerprint = run_fingerprint(identity)
+    check_same_run(out_dir, fingerprint, identity, resume)
+    prepare_out_dir(out_dir, overwrite, fingerprint, identity)
     ctx = ClipRunContext(backbone, task_obj, fewshot, seed, out_dir, resume,
                          sys.stderr.isatty() if progress is None else progress, fingerprint, list(callbacks or []))
     result = method_obj.fit(ctx)
@@ -94,13 +116,16 @@ def train_clip(method: str, model: str | ClipBackbone, task: str | ImageTask, sh
         "prompt_kind": "clip",
         "hyperparameters": config,
         "trainable_parameters": result.trainable_parameters,
-        "backbone": {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "kind": "clip"},
+        "backbone": {"id": backbone.model_id, "fingerprint": backbone.fingerprint,
+                     "fingerprint_version": FINGERPRINT_VERSION, "kind": "clip"},
         "task": {"name": task_obj.name, "source": str(task) if not isinstance(task, ImageTask) else task_obj.name,
                  "classes": task_obj.classes, "templates": task_obj.templates,
                  "base_classes": task_obj.base_classes, "trained_classes": fewshot.classes},
         "shots": shots,
         "seed": seed,
         "history": result.history,
+        "run_fingerprint": fingerprint,
+        "run_identity": identity,
         "versions": package_versions(),
         **{k: v for k, v in result.info.items() if k in ("prompt_shape", "zero_shot", "test_time",
                                                           "template_scores", "best_step")},
@@ -109,9 +134,7 @@ def train_clip(method: str, model: str | ClipBackbone, task: str | ImageTask, sh
     meta["metrics"] = evaluate_clip(predictor, task_obj, fewshot.classes, base_to_new, eval_limit)
     seconds = time.perf_counter() - started
     meta["seconds"] = round(seconds, 2)
-    write_artifact(out_dir, result.tensors, meta)
-    for ckpt in out_dir.glob(CHECKPOINTS):
-        ckpt.unlink()
+    write_artifact(out_dir, result.tensors, meta)  # swapped in whole; the checkpoints go with the old dir
     return ClipReport(out_dir, meta, seconds)
 
 
@@ -123,9 +146,12 @@ def load_clip(path: str | Path, model: str | ClipBackbone | None = None, task: s
         raise ArtifactError(f"{path}: a '{meta['prompt_kind']}' artifact, not a CLIP prompt")
     backbone = model if isinstance(model, ClipBackbone) else load_clip_backbone(model or meta["backbone"]["id"],
                                                                                  device, dtype)
-    if backbone.fingerprint != meta["backbone"]["fingerprint"]:
-        raise ArtifactError(f"{path}: trained on {meta['backbone']['id']} (weights {meta['backbone']['fingerprint']}),"
-                            f" not on {backbone.model_id} (weights {backbone.fingerprint})")
+    recorded = meta["backbone"]
+    if not backbone_matches(recorded, backbone):
+        now = fingerprint_of(backbone, recorded.get("fingerprint_version", 1))
+        raise ArtifactError(f"{path}: trained on {recorded['id']} (weights {recorded['fingerprint']}),"
+                            f" not on {backbone.model_id} (weights {now})")
+    check_clip_tensors(meta, tensors, backbone, str(path))
     if task is None:
         task_obj = load_image_task(meta["task"].get("source") or meta["task"]["name"])
     else:

@@ -2,6 +2,7 @@
 
 The driver owns the SQLite store: workers (in-process, worker processes or Ray tasks) only run
 `run_cell` and hand back a plain dict, so the results land in one file whichever executor ran them.
+Several drivers may share one store: each claims a cell before running it (see `store.py`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.console import Console
 
 from ..errors import ConfigError, PromptTuneError
 from .grid import Cell, Grid
-from .store import ResultStore
+from .store import Heartbeat, ResultStore, new_owner
 
 _BACKBONES: dict[str, Any] = {}  # one loaded model per worker process, reused by its cells
 
@@ -134,6 +135,49 @@ def _describe(cell: Cell) -> str:
     return f"{cell.method.label} | {Path(cell.task).stem} | {cell.model} | k={cell.shots} seed={cell.seed}"
 
 
+class _Claims:
+    """The cells this bench sees through, claimed in order just before each runs. A cell that another
+    live bench holds is looked at again every `poll_s` seconds until that bench finishes it (this one
+    then skips it) or its claim goes stale (this one takes it over)."""
+
+    def __init__(self, cells: list[Cell], store: ResultStore, owner: str, since: float, stale_after: float,
+                 poll_s: float, console: Console):
+        self.queue, self.held_elsewhere = list(cells), []
+        self.store, self.owner, self.since, self.stale_after, self.poll_s = store, owner, since, stale_after, poll_s
+        self.console = console
+        self._next_look = 0.0
+        self._told: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.queue or self.held_elsewhere)
+
+    def retry(self, cell: Cell) -> None:
+        self.queue.insert(0, cell)  # still ours: claiming it again only counts the attempt
+
+    def next(self, worker: str) -> tuple[Cell, int] | None:
+        """The next cell to run here and its attempt number; None when none is claimable now."""
+        if not self.queue and self.held_elsewhere and time.monotonic() >= self._next_look:
+            self.queue, self.held_elsewhere = self.held_elsewhere, []
+        while self.queue:
+            cell = self.queue.pop(0)
+            attempt = self.store.claim(cell.key, self.owner, worker, self.since, self.stale_after)
+            if attempt is not None:
+                return cell, attempt
+            if self.store.status(cell.key) not in ("done", "failed"):
+                self.held_elsewhere.append(cell)
+                if cell.key not in self._told:
+                    self._told.add(cell.key)
+                    self.console.print(f"  [yellow]held[/] by another bench ({self.store.holder(cell.key)}), "
+                                       f"waiting: {_describe(cell)}", highlight=False)
+            if not self.queue:
+                self._next_look = time.monotonic() + self.poll_s
+        return None
+
+    def wait(self) -> None:
+        """Sleep until the cells held elsewhere are due another look."""
+        time.sleep(max(0.0, self._next_look - time.monotonic()))
+
+
 def run_grid(
     grid: Grid,
     db: str | Path = "runs.db",
@@ -144,10 +188,18 @@ def run_grid(
     mlflow_uri: str | None = None,
     console: Console | None = None,
     on_result: Callable[[Cell, dict[str, Any] | None], None] | None = None,
+    heartbeat_s: float = 10.0,
+    stale_after_s: float = 60.0,
+    poll_s: float = 2.0,
 ) -> BenchSummary:
-    """Run every cell of `grid` not yet done in `db`; returns the counts of the final line."""
+    """Run every cell of `grid` not yet done in `db`; returns the counts of the final line.
+
+    Other benches on the same `db` may run at the same time: a cell another bench holds is left to it
+    (counted skipped once it finishes there), and taken over when that bench stops beating its heartbeat
+    (every `heartbeat_s`) for `stale_after_s` seconds or its process is gone."""
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor {executor!r}: expected local or ray")
+    since = time.time()
     console = console or Console(stderr=True)
     store = ResultStore(db)
     runs_dir = Path(grid.runs_dir or f"{Path(db).with_suffix('')}.runs")
@@ -157,6 +209,8 @@ def run_grid(
     store.set_meta("grid", str(grid.path))
     todo = [c for c in cells if store.status(c.key) != "done"]
     skipped = len(cells) - len(todo)
+    owner = new_owner()
+    claims = _Claims(todo, store, owner, since, stale_after_s, poll_s, console)
     max_attempts = 1 + (grid.retries if retries is None else retries)
     logger = _mlflow_logger(mlflow_uri, grid) if mlflow_uri else None
     counts = {"done": 0, "failed": 0}
@@ -166,7 +220,10 @@ def run_grid(
     def record(cell: Cell, result: dict[str, Any] | None, error: str | None, attempt: int) -> bool:
         """Store one attempt's outcome; True when the cell should be tried again."""
         if result is not None:
-            store.finish(cell.key, result)
+            if not store.finish(cell.key, result, owner):
+                console.print(f"  [yellow]taken over[/] by another bench while running, its result stands: "
+                              f"{_describe(cell)}", highlight=False)
+                return False
             counts["done"] += 1
             progress = f"{counts['done'] + counts['failed']}/{len(todo)}"
             console.print(f"  [green]done[/] {progress}  {_describe(cell)}  acc={result['accuracy']:.3f} "
@@ -183,7 +240,8 @@ def run_grid(
             console.print(f"  [yellow]retry[/] {_describe(cell)} (attempt {attempt} of {max_attempts}): "
                           f"{(error or '').strip().splitlines()[-1]}")
             return True
-        store.fail(cell.key, error or "unknown error")
+        if not store.fail(cell.key, error or "unknown error", owner):
+            return False
         counts["failed"] += 1
         last_line = (error or "").strip().splitlines()[-1]
         progress = f"{counts['done'] + counts['failed']}/{len(todo)}"
@@ -192,25 +250,34 @@ def run_grid(
             on_result(cell, None)
         return False
 
-    if executor == "local" and workers <= 1:
-        for cell in todo:
-            while True:
-                attempt = store.start(cell.key, "local")
-                result, error = None, None
-                try:
-                    result = run_cell(cell.config, str(runs_dir / cell.key))
-                except PromptTuneError as exc:  # bad input: the same next time, no point retrying
-                    error, attempt = f"{type(exc).__name__}: {exc}", max_attempts
-                except Exception:  # noqa: BLE001 - a run's failure is recorded, the grid goes on
-                    error = traceback.format_exc()
-                if not record(cell, result, error, attempt):
-                    break
-    elif executor == "local":
-        _run_pool(todo, store, runs_dir, workers, record)
-    else:
-        _run_ray(todo, store, runs_dir, grid, address, record)
+    with Heartbeat(db, owner, heartbeat_s):
+        if executor == "local" and workers <= 1:
+            _run_here(claims, runs_dir, max_attempts, record)
+        elif executor == "local":
+            _run_pool(claims, runs_dir, workers, record)
+        else:
+            _run_ray(claims, runs_dir, grid, address, record)
     store.close()
-    return BenchSummary(len(cells), counts["done"], counts["failed"], skipped)
+    return BenchSummary(len(cells), counts["done"], counts["failed"], len(cells) - counts["done"] - counts["failed"])
+
+
+def _run_here(claims: _Claims, runs_dir: Path, max_attempts: int, record) -> None:
+    """One cell after another in this process (the model stays loaded between them)."""
+    while claims:
+        got = claims.next("local")
+        if got is None:
+            claims.wait()
+            continue
+        cell, attempt = got
+        result, error = None, None
+        try:
+            result = run_cell(cell.config, str(runs_dir / cell.key))
+        except PromptTuneError as exc:  # bad input: the same next time, no point retrying
+            error, attempt = f"{type(exc).__name__}: {exc}", max_attempts
+        except Exception:  # noqa: BLE001 - a run's failure is recorded, the grid goes on
+            error = traceback.format_exc()
+        if record(cell, result, error, attempt):
+            claims.retry(cell)
 
 
 def _worker_init(threads: int) -> None:
@@ -219,13 +286,12 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_pool(todo: list[Cell], store: ResultStore, runs_dir: Path, workers: int, record) -> None:
+def _run_pool(claims: _Claims, runs_dir: Path, workers: int, record) -> None:
     """N worker processes (spawned: torch and fork do not mix); a dead worker's cell is retried."""
     import multiprocessing as mp
     from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    queue = list(todo)
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
@@ -234,12 +300,15 @@ def _run_pool(todo: list[Cell], store: ResultStore, runs_dir: Path, workers: int
     pool = new_pool()
     running: dict[Any, tuple[Cell, int]] = {}
     try:
-        while queue or running:
-            while queue and len(running) < workers:
-                cell = queue.pop(0)
-                attempt = store.start(cell.key, "process")
+        while claims or running:
+            while len(running) < workers and (got := claims.next("process")) is not None:
+                cell, attempt = got
                 running[pool.submit(run_cell, cell.config, str(runs_dir / cell.key))] = (cell, attempt)
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            if not running:
+                claims.wait()
+                continue
+            finished, _ = wait(list(running), timeout=claims.poll_s if claims else None,
+                               return_when=FIRST_COMPLETED)
             broken = False
             for fut in finished:
                 cell, attempt = running.pop(fut)
@@ -252,11 +321,11 @@ def _run_pool(todo: list[Cell], store: ResultStore, runs_dir: Path, workers: int
                 except Exception as exc:  # noqa: BLE001
                     result, error = None, "".join(traceback.format_exception(exc))
                 if record(cell, result, error, attempt):
-                    queue.insert(0, cell)
+                    claims.retry(cell)
             if broken:  # every other future of a broken pool is lost too: requeue them and start over
                 for fut, (cell, _attempt) in running.items():
                     fut.cancel()
-                    queue.insert(0, cell)
+                    claims.retry(cell)
                 running.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = new_pool()
@@ -264,7 +333,7 @@ def _run_pool(todo: list[Cell], store: ResultStore, runs_dir: Path, workers: int
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_ray(todo: list[Cell], store: ResultStore, runs_dir: Path, grid: Grid, address: str | None, record) -> None:
+def _run_ray(claims: _Claims, runs_dir: Path, grid: Grid, address: str | None, record) -> None:
     """Each cell a Ray task with the grid's per-run resources; results come back to this driver."""
     try:
         import ray
@@ -274,15 +343,16 @@ def _run_ray(todo: list[Cell], store: ResultStore, runs_dir: Path, grid: Grid, a
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     cpus, gpus = grid.resources.get("cpus", 1), grid.resources.get("gpus", 0)
     remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_cell)
-    queue = list(todo)
     running: dict[Any, tuple[Cell, int]] = {}
-    while queue or running:
-        while queue:
-            cell = queue.pop(0)
-            attempt = store.start(cell.key, "ray")
+    while claims or running:
+        while (got := claims.next("ray")) is not None:
+            cell, attempt = got
             running[remote.remote(cell.config, str((runs_dir / cell.key).resolve()), max(1, int(cpus)))] = (
                 cell, attempt)
-        ready, _ = ray.wait(list(running), num_returns=1)
+        if not running:
+            claims.wait()
+            continue
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=claims.poll_s if claims else None)
         for ref in ready:
             cell, attempt = running.pop(ref)
             try:
@@ -294,7 +364,7 @@ def _run_ray(todo: list[Cell], store: ResultStore, runs_dir: Path, grid: Grid, a
                 else:
                     result, error = None, str(exc)
             if record(cell, result, error, attempt):
-                queue.append(cell)
+                claims.retry(cell)
 
 
 def _mlflow_logger(uri: str, grid: Grid):

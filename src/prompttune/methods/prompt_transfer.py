@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..artifact import prompt_from_tensors, read_artifact
+from ..artifact import backbone_matches, prompt_from_tensors, read_artifact
 from ..errors import ConfigError
 from ..models import CausalLMBackbone
 from .base import MethodResult, RunContext, register
@@ -30,7 +30,7 @@ def load_source_prompt(path: str | Path, backbone: CausalLMBackbone, who: str) -
     """A source artifact's soft prompt, refusing one learned on other weights or of another kind."""
     meta, tensors = read_artifact(path)
     src = meta["backbone"]
-    if src.get("fingerprint") != backbone.fingerprint:
+    if not backbone_matches(src, backbone):
         raise ConfigError(
             f"{who}: source {path} was trained on backbone '{src.get('id')}' (weights {src.get('fingerprint')}, "
             f"hidden size {src.get('hidden_size')}), this run uses '{backbone.model_id}' "

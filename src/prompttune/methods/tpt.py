@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import load_file
 
+from ..artifact import backbone_matches
 from ..errors import ConfigError
 from ..models.clip import ClipBackbone, cosine_logits
 from ..prompts.clip import ClipPrompt, PromptShape, context_init
@@ -82,7 +83,7 @@ class TPT(ClipMethod):
             if meta.get("method") != "coop" or shape.get("class_specific"):
                 raise ConfigError(f"tpt init_from: {root} holds a '{meta.get('method')}' artifact; TPT starts from "
                                   "a unified-context coop artifact")
-            if meta["backbone"]["fingerprint"] != bb.fingerprint:
+            if not backbone_matches(meta["backbone"], bb):
                 raise ConfigError(f"tpt init_from: {root} was trained on {meta['backbone']['id']}, not on "
                                   f"{bb.model_id}")
             init = load_file(str(root / "prompt.safetensors"))["ctx"]

@@ -13,73 +13,35 @@ Two ways to run a batch, both exact:
   unless a multi-token word needs the full softmax there.
 * `padded_inputs` / `generate` (the general path): a left- or right-padded batch through
   `inputs_embeds`, the prompt placed right after the pads with matching attention mask and
-  position ids. This is what `generate` (with its KV cache) runs.
+  position ids. This is what `generate` (with its KV cache) runs, and what `score` falls back to
+  for a model whose attention a hand-built packed mask cannot describe (`attention.AttentionPlan`).
+
+Inputs longer than fits (the model's context minus the prompt and the answer) keep their end and
+the special tokens the tokenizer adds; the first cut warns once, with a count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..errors import ConfigError, ModelError
+from .attention import AttentionPlan, cache_kwarg, move_masks, output_cache
+from .context import ContextFitting
 from .loading import resolve_device, resolve_dtype, resolve_model_source, weight_fingerprint
+from .packing import PackedLayout, causal_allowed
+from .padded import PaddedPaths
+from .scoring import DeltaPrompt, LabelWords, Prefix, PromptInput, class_scores, one_hot_rows, tokenize_label_words
+
+# the names other modules import from here (search, serve, select)
+_class_scores, _rows = class_scores, one_hot_rows
+__all__ = ["CausalLMBackbone", "DeltaPrompt", "LabelWords", "load_backbone", "tokenize_label_words"]
 
 
-@dataclass(frozen=True)
-class LabelWords:
-    """Token ids of every verbalizer word, grouped by class (class -> words -> token ids)."""
-
-    words: tuple[tuple[tuple[int, ...], ...], ...]
-
-    @property
-    def needs_full_softmax(self) -> bool:
-        """Multi-token words need real log-probabilities, so that words of different length compare."""
-        return any(len(w) > 1 for cls in self.words for w in cls)
-
-    @property
-    def flat(self) -> list[tuple[int, ...]]:
-        return [w for cls in self.words for w in cls]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.words)
-
-
-@dataclass
-class DeltaPrompt:
-    """A soft prompt plus an additive update of the input tokens' embeddings by position (DePT):
-    the k-th token of every example gets `input_delta[k]` added, for k < len(input_delta)."""
-
-    embeddings: torch.Tensor  # (n_tokens, hidden)
-    input_delta: torch.Tensor  # (max_positions, hidden)
-
-
-def tokenize_label_words(tokenizer, words_per_class: Sequence[Sequence[str]],
-                         names: Sequence[str] | None = None) -> LabelWords:
-    """Token ids of every verbalizer word (no special tokens); a word that tokenizes to nothing is an error."""
-    out = []
-    for c, words in enumerate(words_per_class):
-        toks = []
-        for w in words:
-            ids = tuple(tokenizer(w, add_special_tokens=False)["input_ids"])
-            if not ids:
-                label = names[c] if names else str(c)
-                raise ModelError(f"verbalizer word {w!r} for label '{label}' tokenizes to nothing")
-            toks.append(ids)
-        out.append(tuple(toks))
-    return LabelWords(tuple(out))
-
-
-Prefix = Sequence[tuple[torch.Tensor, torch.Tensor]]
-PromptInput = torch.Tensor | DeltaPrompt | Prefix | None
-
-
-class CausalLMBackbone:
+class CausalLMBackbone(ContextFitting, PaddedPaths):
     """A frozen `AutoModelForCausalLM` with its tokenizer.
 
     The protocol every method relies on: `tokenize`, `embed`, `score` (class scores for a batch,
@@ -96,7 +58,9 @@ class CausalLMBackbone:
         self.dtype = dtype
         self.decoder = model.base_model
         self.fingerprint = weight_fingerprint(model)
-        self.max_input_tokens = 512
+        self.attention = AttentionPlan.of(model)
+        self._cache_kw, self._lm_cache_kw = cache_kwarg(self.decoder), cache_kwarg(model)
+        self._init_context(model, tokenizer)  # inputs are cut to what fits the context (`fit`)
         # Sharing the prompt's keys/values saves (batch - 1) x prompt-length tokens of compute but
         # costs a second, small pass. That wins where compute dominates (CPUs); on a GPU a small
         # batch is bound by kernel launches, so there the prompt goes inline, in one pass.
@@ -115,11 +79,11 @@ class CausalLMBackbone:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().weight.shape[0]
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids with the model's special tokens; over-long inputs keep their end (the answer cue)."""
-        ids = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-        limit = self.max_input_tokens
-        return [x if len(x) <= limit else x[:1] + x[len(x) - limit + 1 :] for x in ids]
+    def tokenize(self, texts: Sequence[str], reserve: int = 0) -> list[list[int]]:
+        """Token ids with the model's special tokens; inputs longer than the context minus `reserve`
+        (prompt and answer tokens) keep their end (the answer cue), see `fit`."""
+        ids = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        return self.fit(ids, reserve)
 
     def label_words(self, words_per_class: Sequence[Sequence[str]], names: Sequence[str] | None = None) -> LabelWords:
         return tokenize_label_words(self.tokenizer, words_per_class, names)
@@ -140,9 +104,25 @@ class CausalLMBackbone:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
-    def _prefix_cache(self, prompt: torch.Tensor, rows: int):
-        out = self.decoder(inputs_embeds=prompt.to(self.device, self.dtype)[None], use_cache=True)
-        cache = out.past_key_values
+    def _forward(self, cache=None, **kwargs):
+        """The decoder's forward, with `cache` under the keyword this transformers version takes."""
+        if cache is not None:
+            kwargs[self._cache_kw] = cache
+        return self.decoder(**kwargs)
+
+    def _prefix_cache(self, prompt: torch.Tensor, rows: int = 1) -> DynamicCache:
+        """The keys/values of `prompt` embeddings run alone, every layer keeping all of them (a config-less
+        cache: a sliding layer's cache would drop the oldest, which the masks here account for instead)."""
+        n = prompt.shape[0]
+        kwargs = {}
+        if self.attention.packable:
+            positions = torch.arange(n)[None]
+            masks = self.attention.masks(causal_allowed(torch.ones(1, n, dtype=torch.bool)), positions, positions,
+                                         self.dtype)
+            kwargs = {"attention_mask": move_masks(masks, self.device), "position_ids": positions.to(self.device)}
+        out = self._forward(DynamicCache(), inputs_embeds=prompt.to(self.device, self.dtype)[None], use_cache=True,
+                            **kwargs)
+        cache = output_cache(out)
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         return cache
@@ -151,7 +131,7 @@ class CausalLMBackbone:
         """Per-layer (keys, values), each (kv_heads, n_tokens, head_dim), that the model computes for
         `prompt` embeddings: the deep prompt that behaves exactly like this soft prompt."""
         self.check_prefix_support()
-        cache = self.decoder(inputs_embeds=prompt.to(self.device, self.dtype)[None], use_cache=True).past_key_values
+        cache = self._prefix_cache(prompt)
         return [(layer.keys[0], layer.values[0]) for layer in cache.layers]
 
     def check_prefix_support(self, method: str = "a deep prompt") -> None:
@@ -165,9 +145,10 @@ class CausalLMBackbone:
             with torch.no_grad():
                 probe = torch.zeros(1, 1, self.hidden_size, device=self.device, dtype=self.dtype)
                 out = self.decoder(inputs_embeds=probe, use_cache=True)
-            cache = getattr(out, "past_key_values", None)
+            cache = output_cache(out)
             if cache is None:
-                state = [k for k in ("cache_params", "state") if getattr(out, k, None) is not None]
+                fields = getattr(type(out), "__dataclass_fields__", {})
+                state = [k for k in ("cache_params", "state") if k in fields and getattr(out, k) is not None]
                 why = "it keeps no key/value cache" + (f" (its state is '{state[0]}')" if state else "")
             elif not isinstance(cache, DynamicCache):
                 why = f"its cache is a {type(cache).__name__}, not a per-layer key/value cache"
@@ -181,7 +162,7 @@ class CausalLMBackbone:
         data = [(k.to(self.device, self.dtype)[None], v.to(self.device, self.dtype)[None]) for k, v in prefix]
         if len(data) != len(self.decoder.layers):
             raise ModelError(f"deep prompt has {len(data)} layers, the model {len(self.decoder.layers)}")
-        cache = DynamicCache(ddp_cache_data=data, config=self.model.config)
+        cache = DynamicCache(ddp_cache_data=data)  # no config: sliding layers keep the whole prefix too
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         return cache
@@ -216,33 +197,38 @@ class CausalLMBackbone:
         per_example = torch.is_tensor(prompt) and prompt.dim() == 3
         if per_example and prompt.shape[0] != len(token_ids):
             raise ModelError(f"per-example prompts: {prompt.shape[0]} prompts for {len(token_ids)} examples")
+        n_prompt = 0 if prompt is None else prompt[0][0].shape[-2] if deep else prompt.shape[-2]
+        token_ids = self.fit(token_ids, n_prompt + labels.answer_tokens)
+        if not self.attention.packable:
+            return self._score_unpacked(token_ids, labels, prompt, delta)
         shared = deep or (prompt is not None and self.share_prompt_prefix and not per_example)
         inline = prompt.shape[-2] if prompt is not None and not shared else 0
-        layout = _PackedLayout.build(token_ids, labels, max_row_tokens, inline_prompt=inline)
+        layout = PackedLayout.build(token_ids, labels, max_row_tokens, inline_prompt=inline)
         n_prefix = (prompt[0][0].shape[-2] if deep else prompt.shape[0]) if shared else 0
         slots = layout.ids < 0  # inline prompt slots hold -(k+1) for prompt vector k
         embeds = self.embed(layout.ids.clamp(min=0))
         if delta is not None:
             index = layout.positions - inline  # each token's place in its own example
             own = (layout.ids >= 0) & (layout.branch == 0) & (layout.unit >= 0) & (index < delta.shape[0])
-            update = _rows(delta.to(self.device, self.dtype), index.clamp(0, delta.shape[0] - 1).to(self.device))
+            update = one_hot_rows(delta.to(self.device, self.dtype), index.clamp(0, delta.shape[0] - 1).to(self.device))
             embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
         if inline:
             slot = (-layout.ids - 1).clamp(min=0)
             if per_example:  # example i's k-th vector is row i * inline + k of the flattened prompts
                 slot = slot + layout.unit.clamp(min=0) * inline
             table = prompt.reshape(-1, prompt.shape[-1]).to(self.device, self.dtype)
-            vectors = _rows(table, slot.to(self.device))
+            vectors = one_hot_rows(table, slot.to(self.device))
             embeds = torch.where(slots.to(self.device)[..., None], vectors, embeds)
-        mask = layout.attention_mask(n_prefix, self.dtype).to(self.device)
-        positions = (layout.positions + n_prefix).to(self.device)
+        positions = layout.positions + n_prefix
+        keys = torch.cat([torch.arange(n_prefix).expand(len(positions), -1), positions], 1)
+        masks = self.attention.masks(layout.allowed(n_prefix), positions, keys, self.dtype)
         rows = layout.ids.shape[0]
         cache = None
         if shared:
             cache = self._cache_from_prefix(prompt, rows) if deep else self._prefix_cache(prompt, rows)
-        hidden = self.decoder(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-            past_key_values=cache, use_cache=False,
+        hidden = self._forward(
+            cache, inputs_embeds=embeds, attention_mask=move_masks(masks, self.device),
+            position_ids=positions.to(self.device), use_cache=False,
         ).last_hidden_state
         answer_hidden = hidden[layout.answer_row, layout.answer_col]  # (B, d)
         flat = labels.flat
@@ -250,7 +236,7 @@ class CausalLMBackbone:
             word_scores = self._logits(answer_hidden, torch.tensor([w[0] for w in flat], device=self.device))
         else:
             word_scores = self._word_logprobs(hidden, answer_hidden, layout, flat)
-        return _class_scores(word_scores, labels)
+        return class_scores(word_scores, labels)
 
     @torch.inference_mode()
     def answer_hidden_mixed(
@@ -261,40 +247,48 @@ class CausalLMBackbone:
         prompt `prompts[prompt_of[i]]` (-1: none), all in one packed forward pass: what a server mixing
         artifacts needs. The distinct prompts' keys/values are computed once (one block-diagonal pass,
         positions restarting per prompt) and every example attends only to its own prompt's segment."""
-        single = LabelWords(words=(((0,),),))  # no word branches: only the answer position is read
-        layout = _PackedLayout.build(token_ids, single, max_row_tokens)
         lengths = [int(p.shape[0]) for p in prompts]
+        token_ids = [self.fit([x], lengths[j] if j >= 0 else 0)[0] for x, j in zip(token_ids, prompt_of, strict=True)]
+        if not self.attention.packable:  # padded, one batch per prompt, masks from transformers
+            out = torch.empty(len(token_ids), self.hidden_size, device=self.device, dtype=self.dtype)
+            for j in sorted(set(prompt_of)):
+                idx = [i for i, p in enumerate(prompt_of) if p == j]
+                embeds, mask, positions, answer = self.padded_inputs(
+                    [token_ids[i] for i in idx], prompts[j] if j >= 0 else None, padding_side="right")
+                hidden = self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                                       use_cache=False).last_hidden_state
+                out[torch.tensor(idx, device=self.device)] = hidden[torch.arange(len(idx), device=self.device), answer]
+            return out
+        single = LabelWords(words=(((0,),),))  # no word branches: only the answer position is read
+        layout = PackedLayout.build(token_ids, single, max_row_tokens)
         total, rows = sum(lengths), layout.ids.shape[0]
         segment = torch.cat([torch.full((n,), j) for j, n in enumerate(lengths)]) if total else torch.zeros(0)
+        prompt_positions = torch.cat([torch.arange(n) for n in lengths]) if total else torch.zeros(0, dtype=torch.long)
         cache = None
         if total:
-            causal = torch.ones(total, total, dtype=torch.bool).tril()
-            allowed = (segment[:, None] == segment[None, :]) & causal
-            prefix_mask = torch.zeros(total, total, dtype=self.dtype)
-            prefix_mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-            positions = torch.cat([torch.arange(n) for n in lengths])
-            cache = self.decoder(
-                inputs_embeds=torch.cat([p.to(self.device, self.dtype) for p in prompts])[None],
-                attention_mask=prefix_mask[None, None].to(self.device), position_ids=positions[None].to(self.device),
+            allowed = (segment[:, None] == segment[None, :]) & torch.ones(total, total, dtype=torch.bool).tril()
+            masks = self.attention.masks(allowed[None], prompt_positions[None], prompt_positions[None], self.dtype)
+            cache = output_cache(self._forward(
+                DynamicCache(), inputs_embeds=torch.cat([p.to(self.device, self.dtype) for p in prompts])[None],
+                attention_mask=move_masks(masks, self.device), position_ids=prompt_positions[None].to(self.device),
                 use_cache=True,
-            ).past_key_values
+            ))
             if rows > 1:
                 cache.batch_repeat_interleave(rows)
-        mask = layout.attention_mask(total, self.dtype)
+        allowed = layout.allowed(total)
         owner = torch.tensor(list(prompt_of) + [-1], dtype=torch.long)  # index -1 (pads) -> no prompt
         query_prompt = owner[layout.unit]  # (R, L): the prompt each token belongs behind
-        if total:
-            sees = query_prompt[:, :, None] == segment[None, None, :].long()
-            mask[:, 0, :, :total] = torch.zeros_like(sees, dtype=self.dtype).masked_fill_(
-                ~sees, torch.finfo(self.dtype).min)
-        shift = torch.tensor(lengths + [0], dtype=torch.long)[query_prompt]
-        hidden = self.decoder(
-            inputs_embeds=self.embed(layout.ids.clamp(min=0)), attention_mask=mask.to(self.device),
-            position_ids=(layout.positions + shift).to(self.device), past_key_values=cache, use_cache=False,
+        allowed[:, :, :total] = query_prompt[:, :, None] == segment[None, None, :].long()
+        positions = layout.positions + torch.tensor(lengths + [0], dtype=torch.long)[query_prompt]
+        keys = torch.cat([prompt_positions.expand(rows, -1), positions], 1)
+        masks = self.attention.masks(allowed, positions, keys, self.dtype)
+        hidden = self._forward(
+            cache, inputs_embeds=self.embed(layout.ids.clamp(min=0)), attention_mask=move_masks(masks, self.device),
+            position_ids=positions.to(self.device), use_cache=False,
         ).last_hidden_state
         return hidden[layout.answer_row, layout.answer_col]
 
-    def _word_logprobs(self, hidden, answer_hidden, layout: _PackedLayout, flat) -> torch.Tensor:
+    def _word_logprobs(self, hidden, answer_hidden, layout: PackedLayout, flat) -> torch.Tensor:
         answer_lp = torch.log_softmax(self._logits(answer_hidden), dim=-1)  # (B, V)
         batch = answer_hidden.shape[0]
         cols = []
@@ -310,104 +304,6 @@ class CausalLMBackbone:
             cols.append(score)
         return torch.stack(cols, dim=1)
 
-    @torch.no_grad()
-    def pooled(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:
-        """Each input's mean last hidden state without any prompt, (batch, hidden) float32 on the CPU:
-        the input representation of instance-dependent prompts."""
-        out = []
-        for i in range(0, len(token_ids), batch_size):
-            chunk = token_ids[i : i + batch_size]
-            embeds, mask, positions, _ = self.padded_inputs(chunk, None, padding_side="right")
-            hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-            weights = mask[..., None].to(hidden.dtype)
-            out.append(((hidden * weights).sum(1) / weights.sum(1)).float().cpu())
-        return torch.cat(out)
-
-    # ------------------------------------------------------------------ padded path
-    def padded_inputs(
-        self, token_ids: Sequence[Sequence[int]], prompt: torch.Tensor | DeltaPrompt | None = None,
-        padding_side: str = "left",
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inputs_embeds, attention_mask, position_ids, answer_index) for a padded batch.
-
-        The prompt goes right after the pads (left padding) or first (right padding); the mask is 0
-        on pads only, and positions count real tokens, so the prompt always starts at position 0.
-        """
-        if padding_side not in ("left", "right"):
-            raise ValueError("padding_side must be 'left' or 'right'")
-        batch, longest = len(token_ids), max(len(x) for x in token_ids)
-        pad_id = self.tokenizer.pad_token_id
-        ids = torch.full((batch, longest), pad_id, dtype=torch.long)
-        mask = torch.zeros(batch, longest, dtype=torch.long)
-        for i, x in enumerate(token_ids):
-            sl = slice(longest - len(x), longest) if padding_side == "left" else slice(0, len(x))
-            ids[i, sl] = torch.tensor(x, dtype=torch.long)
-            mask[i, sl] = 1
-        embeds = self.embed(ids)
-        if isinstance(prompt, DeltaPrompt):
-            delta, prompt = prompt.input_delta.to(self.device, self.dtype), prompt.embeddings
-            index = (mask.cumsum(1) - 1).clamp(min=0)
-            own = (mask == 1) & (index < delta.shape[0])
-            update = _rows(delta, index.clamp(max=delta.shape[0] - 1).to(self.device))
-            embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
-        n_prompt = 0
-        if prompt is not None:
-            n_prompt = prompt.shape[-2]
-            n_pads = (1 - mask).sum(1) if padding_side == "left" else torch.zeros(batch, dtype=torch.long)
-            j = torch.arange(longest + n_prompt)[None, :]
-            start = n_pads[:, None]
-            # Gather from [tokens..., prompt...]: before the prompt slot take token j, inside it the
-            # prompt, after it token j - n_prompt.
-            index = torch.where(j < start, j, torch.where(j < start + n_prompt, longest + j - start, j - n_prompt))
-            rows = prompt if prompt.dim() == 3 else prompt[None].expand(batch, -1, -1)  # per example or shared
-            source = torch.cat([embeds, rows.to(self.device, self.dtype)], 1)
-            embeds = source.gather(1, index.to(self.device)[..., None].expand(-1, -1, source.shape[-1]))
-            mask = torch.cat([mask, torch.ones(batch, n_prompt, dtype=torch.long)], 1).gather(1, index)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        lengths = torch.tensor([len(x) for x in token_ids])
-        answer = (
-            torch.full((batch,), longest + n_prompt - 1) if padding_side == "left" else lengths + n_prompt - 1
-        )
-        return embeds, mask.to(self.device), positions.to(self.device), answer.to(self.device)
-
-    def score_padded(
-        self, token_ids: Sequence[Sequence[int]], labels: LabelWords, prompt: torch.Tensor | None = None,
-        padding_side: str = "left",
-    ) -> torch.Tensor:
-        """Class scores through a plain padded batch (single-token words); checks `score`'s packing."""
-        if labels.needs_full_softmax:
-            raise ModelError("score_padded supports single-token label words only; use score()")
-        embeds, mask, positions, answer = self.padded_inputs(token_ids, prompt, padding_side)
-        hidden = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        rows = torch.tensor([w[0] for w in labels.flat], device=self.device)
-        word_scores = self._logits(hidden[torch.arange(len(token_ids), device=self.device), answer], rows)
-        return _class_scores(word_scores, labels)
-
-    def score_reference(
-        self, token_ids: Sequence[Sequence[int]], labels: LabelWords, prompt: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The naive computation: one sequence per (example, word), full-vocabulary logits everywhere.
-
-        Slow on purpose; it is the yardstick `score` is tested and benchmarked against.
-        """
-        flat = labels.flat
-        out = torch.zeros(len(token_ids), len(flat))
-        full_softmax = labels.needs_full_softmax
-        for i, x in enumerate(token_ids):
-            for w_idx, word in enumerate(flat):
-                seq = torch.tensor(list(x) + list(word[:-1]), device=self.device)[None]
-                embeds = self.embed(seq)
-                if prompt is not None:
-                    embeds = torch.cat([prompt.to(self.device, self.dtype)[None], embeds], 1)
-                logits = self.model(inputs_embeds=embeds).logits[0].float()  # (T, V): every position
-                tail = logits[len(logits) - len(word) :]
-                if full_softmax:
-                    tail = torch.log_softmax(tail, -1)
-                    out[i, w_idx] = tail.gather(-1, torch.tensor(word, device=tail.device)[:, None]).sum()
-                else:
-                    out[i, w_idx] = tail[0, word[0]]
-        return _class_scores(out, labels)
-
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
@@ -421,6 +317,8 @@ class CausalLMBackbone:
         ids = self.tokenize(texts)
         if hasattr(prompt, "for_inputs"):
             prompt = prompt.for_inputs(self, ids)
+        soft = prompt.embeddings if isinstance(prompt, DeltaPrompt) else prompt
+        ids = self.fit(ids, (0 if soft is None else soft.shape[-2]) + max_new_tokens)
         embeds, mask, _, _ = self.padded_inputs(ids, prompt, padding_side="left")
         kwargs.setdefault("do_sample", False)
         out = self.model.generate(
@@ -441,14 +339,14 @@ class CausalLMBackbone:
         if unsupported:
             raise ModelError(f"generation behind a deep prompt supports do_sample and temperature, not "
                              f"{', '.join(unsupported)}")
-        ids = self.tokenize(texts)
+        n_prefix = prefix[0][0].shape[-2]
+        ids = self.fit(self.tokenize(texts), n_prefix + max_new_tokens)
         batch, longest = len(ids), max(map(len, ids))
         input_ids = torch.full((batch, longest), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(batch, longest, dtype=torch.long)
         for i, x in enumerate(ids):
             input_ids[i, longest - len(x):] = torch.tensor(x)
             mask[i, longest - len(x):] = 1
-        n_prefix = prefix[0][0].shape[-2]
         cache = self._cache_from_prefix(prefix, batch)
         full_mask = torch.cat([torch.ones(batch, n_prefix, dtype=torch.long), mask], 1).to(self.device)
         positions = (n_prefix + (mask.cumsum(1) - 1).clamp(min=0)).to(self.device)
@@ -458,8 +356,8 @@ class CausalLMBackbone:
         eos = self.tokenizer.eos_token_id
         for _ in range(max_new_tokens):
             out = self.model(input_ids=step_ids, attention_mask=full_mask, position_ids=positions,
-                             past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+                             use_cache=True, **{self._lm_cache_kw: cache})
+            cache = output_cache(out)
             logits = out.logits[:, -1].float()
             if do_sample:
                 nxt = torch.multinomial(torch.softmax(logits / max(temperature, 1e-5), -1), 1)[:, 0]
@@ -475,87 +373,6 @@ class CausalLMBackbone:
             positions = positions[:, -1:] + 1
         tokens = torch.stack(out_tokens, 1).cpu().tolist()
         return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-
-
-def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """`table[index]` through a one-hot matmul: its gradient is a matmul too, so it is deterministic,
-    where indexing's scatter-add backward is not (repeated indices, several threads)."""
-    return F.one_hot(index, table.shape[0]).to(table.dtype) @ table
-
-
-def _class_scores(word_scores: torch.Tensor, labels: LabelWords) -> torch.Tensor:
-    cols, start = [], 0
-    for cls in labels.words:
-        chunk = word_scores[:, start : start + len(cls)]
-        cols.append(chunk[:, 0] if len(cls) == 1 else torch.logsumexp(chunk, dim=1))
-        start += len(cls)
-    return torch.stack(cols, dim=1)
-
-
-@dataclass
-class _PackedLayout:
-    """Examples (and their multi-token-word branches) packed into rows, with the bookkeeping."""
-
-    ids: torch.Tensor  # (R, L) token ids, pads included
-    positions: torch.Tensor  # (R, L) positions before the prompt offset
-    unit: torch.Tensor  # (R, L) which example a token belongs to; -1 for pads
-    branch: torch.Tensor  # (R, L) 0 for the example's own tokens, k for the k-th word branch
-    answer_row: torch.Tensor
-    answer_col: torch.Tensor
-    branch_row: dict[int, torch.Tensor]
-    branch_col: dict[int, torch.Tensor]
-
-    @classmethod
-    def build(
-        cls, token_ids: Sequence[Sequence[int]], labels: LabelWords, max_row_tokens: int, inline_prompt: int = 0
-    ) -> _PackedLayout:
-        """`inline_prompt` > 0 puts that many prompt slots (ids -1, -2, ...) before every example."""
-        branches = [(w_idx, w[:-1]) for w_idx, w in enumerate(labels.flat) if len(w) > 1]
-        rows: list[list[tuple[int, int, int, int]]] = [[]]  # (token, position, unit, branch)
-        answer_row, answer_col = [], []
-        branch_row = {w: [] for w, _ in branches}
-        branch_col = {w: [] for w, _ in branches}
-        for i, x in enumerate(token_ids):
-            need = inline_prompt + len(x) + sum(len(b) for _, b in branches)
-            if rows[-1] and len(rows[-1]) + need > max_row_tokens:
-                rows.append([])
-            row = rows[-1]
-            r = len(rows) - 1
-            row.extend((-k - 1, k, i, 0) for k in range(inline_prompt))
-            row.extend((t, inline_prompt + p, i, 0) for p, t in enumerate(x))
-            answer_row.append(r)
-            answer_col.append(len(row) - 1)
-            for k, (w_idx, toks) in enumerate(branches, start=1):
-                branch_row[w_idx].append(r)
-                branch_col[w_idx].append(len(row))
-                row.extend((t, inline_prompt + len(x) + p, i, k) for p, t in enumerate(toks))
-        width = max(len(r) for r in rows)
-        table = torch.zeros(len(rows), width, 4, dtype=torch.long)
-        table[..., 2] = -1  # pads belong to no example
-        for r, row in enumerate(rows):
-            table[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-        as_t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-        return cls(
-            ids=table[..., 0], positions=table[..., 1], unit=table[..., 2], branch=table[..., 3],
-            answer_row=as_t(answer_row), answer_col=as_t(answer_col),
-            branch_row={k: as_t(v) for k, v in branch_row.items()},
-            branch_col={k: as_t(v) for k, v in branch_col.items()},
-        )
-
-    def attention_mask(self, n_prompt: int, dtype: torch.dtype) -> torch.Tensor:
-        """Additive (R, 1, L, n_prompt + L) mask: prompt visible to all; causal within an example;
-        a word branch sees its example and itself; pads see only themselves (never a NaN row)."""
-        n_rows, width = self.ids.shape
-        unit_q, unit_k = self.unit[:, :, None], self.unit[:, None, :]
-        br_q, br_k = self.branch[:, :, None], self.branch[:, None, :]
-        causal = torch.ones(width, width, dtype=torch.bool).tril()[None]
-        allowed = (unit_q == unit_k) & (unit_q >= 0) & causal & ((br_k == 0) | (br_k == br_q))
-        allowed |= torch.eye(width, dtype=torch.bool)[None]
-        prompt_cols = (self.unit >= 0)[:, :, None].expand(n_rows, width, n_prompt)
-        allowed = torch.cat([prompt_cols, allowed], dim=2)
-        mask = torch.zeros(allowed.shape, dtype=dtype)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        return mask[:, None]
 
 
 def load_backbone(model: str = "smollm2-135m", device: str = "auto", dtype: str = "auto"):

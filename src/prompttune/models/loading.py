@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
+import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,12 +182,36 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def weight_fingerprint(model: torch.nn.Module) -> str:
-    """A hash of every parameter's name, shape and a strided sample of its values.
+FINGERPRINT_VERSION = 2  # 1: a strided bf16 sample per tensor (artifacts before 2 record it); 2: every byte
+_FINGERPRINT_CACHE = "prompttune-fingerprint.json"
+_CHUNK = 1 << 24
 
-    Values are hashed at bf16 precision, so the same checkpoint loaded in fp32 on a CPU and in bf16
-    on a GPU gives the same fingerprint, while any fine-tune of any tensor changes it.
+
+def weight_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every byte of every weight, with each tensor's name, dtype and shape.
+
+    For a model loaded from safetensors files (aliases, local directories, hub ids in the HF cache)
+    the files' tensors are hashed, so the same checkpoint loaded in fp32 on a CPU and in bf16 on a
+    GPU gives the same fingerprint, and any edit of any value changes it. Each file's digest is
+    computed once and cached, keyed by the file's size and mtime, so later loads only stat the files.
+    Other models (in memory, or from .bin files) hash their tensors as loaded.
     """
+    files = _weight_files(model)
+    h = hashlib.sha256(b"prompttune-weights-v2\n")
+    if files:
+        for path, digest in _file_digests(files).items():
+            h.update(f"{path.name}:{digest}\n".encode())
+    else:
+        for name, tensor in sorted(model.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous().reshape(-1)
+            h.update(f"{name}:{str(t.dtype).removeprefix('torch.')}:{list(tensor.shape)}\n".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def legacy_weight_fingerprint(model: torch.nn.Module) -> str:
+    """Fingerprint version 1 (before prompttune recorded a version): every parameter's name and shape
+    and a strided sample of 4096 of its values at bf16 precision. Kept to check old artifacts."""
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         flat = p.detach().reshape(-1)
@@ -194,3 +220,108 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
         h.update(f"{name}:{tuple(p.shape)}".encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def fingerprint_of(backbone, version: int) -> str:
+    """`backbone`'s fingerprint as fingerprint `version` computes it (the old one computed once, on demand)."""
+    if version == FINGERPRINT_VERSION:
+        return backbone.fingerprint
+    if version == 1:
+        if getattr(backbone, "_legacy_fingerprint", None) is None:
+            backbone._legacy_fingerprint = legacy_weight_fingerprint(backbone.model)
+        return backbone._legacy_fingerprint
+    raise ModelError(f"weight fingerprint version {version} is newer than this prompttune knows "
+                     f"({FINGERPRINT_VERSION}); upgrade prompttune")
+
+
+def _weight_files(model: torch.nn.Module) -> list[Path]:
+    """The safetensors files `model` was loaded from, or [] when there are none to hash."""
+    source = str(getattr(model, "name_or_path", "") or "")
+    if not source:
+        return []
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        try:  # a hub id: its snapshot in the local HF cache (never a download)
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(source, "config.json")
+        except Exception:  # noqa: BLE001 (no hub library, a malformed id: hash the tensors instead)
+            found = None
+        if not isinstance(found, str):
+            return []
+        folder = Path(found).parent
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (ValueError, KeyError, AttributeError):
+            raise ModelError(f"{index}: not a valid safetensors index (needs a 'weight_map')") from None
+        return [folder / n for n in names]
+    single = folder / "model.safetensors"
+    return [single] if single.exists() else []
+
+
+def _cache_path(folder: Path) -> Path:
+    """Next to a model prompttune converted (under its cache dir); else in the cache dir, keyed by path."""
+    folder = folder.resolve()
+    root = cache_dir()
+    if folder.is_relative_to(root.resolve()):
+        return folder / _FINGERPRINT_CACHE
+    key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    return root / "fingerprints" / f"{folder.name}-{key}.json"
+
+
+def _file_digests(files: list[Path]) -> dict[Path, str]:
+    """sha256 of each safetensors file's tensors, from the cache when size and mtime are unchanged."""
+    cache_path = _cache_path(files[0].parent)
+    try:
+        cached = json.loads(cache_path.read_text(encoding="utf-8")).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        cached = {}
+    out: dict[Path, str] = {}
+    fresh = False
+    entries = {}
+    for path in files:
+        stat = path.stat()
+        hit = cached.get(path.name) if isinstance(cached, dict) else None
+        if isinstance(hit, dict) and hit.get("size") == stat.st_size and hit.get("mtime_ns") == stat.st_mtime_ns:
+            digest = str(hit.get("sha256"))
+        else:
+            digest, fresh = _safetensors_digest(path), True
+        out[path] = digest
+        entries[path.name] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    if fresh:
+        from ..utils.io import atomic_write_json
+
+        try:
+            atomic_write_json(cache_path, {"version": FINGERPRINT_VERSION, "files": entries})
+        except OSError as exc:  # a read-only cache costs time, not correctness
+            log.debug("could not cache the weight fingerprint at %s: %s", cache_path, exc)
+    return out
+
+
+def _safetensors_digest(path: Path) -> str:
+    """sha256 over every tensor of a safetensors file, by name: name, dtype, shape, then all its bytes.
+    The header's free-form metadata and the tensors' order in the file do not count."""
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+            base = 8 + header_len
+            h = hashlib.sha256()
+            buf = bytearray(_CHUNK)
+            for name in sorted(k for k in header if k != "__metadata__"):
+                info = header[name]
+                start, end = info["data_offsets"]
+                h.update(f"{name}:{info['dtype']}:{info['shape']}\n".encode())
+                f.seek(base + start)
+                left = end - start
+                while left:
+                    n = f.readinto(memoryview(buf)[: min(left, _CHUNK)])
+                    if not n:
+                        raise ValueError("file ends inside a tensor")
+                    h.update(memoryview(buf)[:n])
+                    left -= n
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise ModelError(f"{path}: not a readable safetensors file ({exc})") from None
+    return h.hexdigest()

@@ -25,13 +25,23 @@ def _escape(text: str) -> str:
 
 
 def split_template(template: str) -> tuple[str, str]:
-    """(head, tail): the template up to the end of its last `{field}`, and the answer cue after it."""
-    end, pos = 0, 0
-    for literal, name, spec, conv in string.Formatter().parse(template):
-        pos += len(literal.replace("{", "{{").replace("}", "}}"))
-        if name is not None:
-            pos += len(name) + 2 + (len(spec) + 1 if spec else 0) + (len(conv) + 1 if conv else 0)
-            end = pos
+    """(head, tail): the template up to the end of its last `{field}`, and the answer cue after it.
+
+    Scans the text itself rather than rebuilding it from `string.Formatter().parse`, which cannot
+    tell `{text}` from `{text:}` (an empty format spec) and so would cut one character short.
+    """
+    end, i = 0, 0
+    while i < len(template):
+        if template.startswith(("{{", "}}"), i):  # an escaped brace
+            i += 2
+        elif template[i] == "{":  # a replacement field, possibly with nested fields in its format spec
+            depth, i = 1, i + 1
+            while i < len(template) and depth:
+                depth += {"{": 1, "}": -1}.get(template[i], 0)
+                i += 1
+            end = i
+        else:
+            i += 1
     return template[:end], template[end:]
 
 

@@ -13,7 +13,9 @@ the score the found prompt gets later. Two ways to share work, both exact:
   prompt prefix), with the examples packed without padding.
 
 Only the answer position is scored, and only against the label words (full log-softmax only where
-a label word has several tokens).
+a label word has several tokens). The hand-built masks of the first way carry each layer type's
+window (`backbone.attention`); a model they cannot describe exactly scores every candidate the
+second way, which `backbone.score` then runs on its padded path.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..models import CausalLMBackbone, LabelWords
+from ..models.attention import move_masks, output_cache
 from ..models.causal_lm import _class_scores
+from ..models.packing import causal_allowed
 from ..prompts.hard import HardPrompt, split_template
 from ..tasks import Example, Task
 from .state import SearchState
@@ -95,7 +99,8 @@ class CandidateScorer:
                     continue
             todo.append(len(out))
             out.append(None)
-        after_input = [i for i in todo if templates[i].startswith(self.base_head) and self.base_head]
+        after_input = [i for i in todo if templates[i].startswith(self.base_head) and self.base_head
+                       and self.backbone.attention.packable]
         for i, scores in zip(after_input, self._score_after_input([templates[i] for i in after_input]), strict=True):
             out[i] = scores
         for i in todo:
@@ -113,7 +118,7 @@ class CandidateScorer:
     @torch.inference_mode()
     def _score_before_input(self, template: str, chunk: int = 64) -> torch.Tensor:
         bb = self.backbone
-        ids = bb.tokenize(self.render(template))
+        ids = bb.tokenize(self.render(template), reserve=self.labels.answer_tokens)
         shared = min(len(x) for x in ids) - 1
         for x in ids[1:]:
             shared = min(shared, common_prefix(ids[0], x))
@@ -127,22 +132,32 @@ class CandidateScorer:
         )
 
     # ------------------------------------------------------------------ candidate after the input
+    def _head_token_ids(self) -> list[list[int]]:
+        if self._head_ids is None:
+            self._head_ids = self.backbone.tokenize([self.base_head.format_map(ex.fields) for ex in self.examples])
+        return self._head_ids
+
     @torch.inference_mode()
     def _cache_heads(self) -> None:
-        """Run every example up to the end of its input once; keep its per-layer keys/values (padded)."""
+        """Run every example up to the end of its input once; keep its per-layer keys/values (right-padded,
+        every layer all of them: the masks of `_forward_rows` apply any sliding window)."""
         bb = self.backbone
-        self._head_ids = bb.tokenize([self.base_head.format_map(ex.fields) for ex in self.examples])
-        longest = max(map(len, self._head_ids))
+        heads = self._head_token_ids()
+        longest = max(map(len, heads))
+        positions = torch.arange(longest)[None]
         layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
         for i in range(0, len(self), 32):
-            chunk = self._head_ids[i : i + 32]
+            chunk = heads[i : i + 32]
             ids = torch.full((len(chunk), longest), bb.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros(len(chunk), longest, dtype=torch.long)
+            real = torch.zeros(len(chunk), longest, dtype=torch.bool)
             for r, x in enumerate(chunk):
                 ids[r, : len(x)] = torch.tensor(x)
-                mask[r, : len(x)] = 1
-            out = bb.decoder(input_ids=ids.to(bb.device), attention_mask=mask.to(bb.device), use_cache=True)
-            layers.append([(layer.keys, layer.values) for layer in out.past_key_values.layers])
+                real[r, : len(x)] = True
+            at = positions.expand(len(chunk), -1)
+            masks = bb.attention.masks(causal_allowed(real), at, at, bb.dtype)
+            out = bb._forward(DynamicCache(), input_ids=ids.to(bb.device), attention_mask=move_masks(masks, bb.device),
+                              position_ids=at.to(bb.device), use_cache=True)
+            layers.append([(layer.keys, layer.values) for layer in output_cache(out).layers])
         self._head_kv = [
             (torch.cat([c[n][0] for c in layers]), torch.cat([c[n][1] for c in layers])) for n in range(len(layers[0]))
         ]
@@ -155,7 +170,7 @@ class CandidateScorer:
             self._cache_heads()
         bb, n = self.backbone, len(self)
         texts = [t for tmpl in templates for t in self.render(tmpl)]
-        full = bb.tokenize(texts)
+        full = bb.tokenize(texts, reserve=self.labels.answer_tokens)
         flat = self.labels.flat
         multi = self.labels.needs_full_softmax
         # One main row per (candidate, example); with multi-token words also one branch row per such word,
@@ -193,23 +208,17 @@ class CandidateScorer:
             ids[i, : len(toks)] = torch.tensor(toks)
             real[i, : len(toks)] = True
         example = torch.tensor([r[0] for r in rows], device=bb.device)
-        cache = DynamicCache(
+        cache = DynamicCache(  # no config: every layer keeps the whole head; the masks apply windows
             ddp_cache_data=[(k.index_select(0, example), v.index_select(0, example)) for k, v in self._head_kv],
-            config=bb.model.config,
         )
         sees_cache = torch.arange(cached)[None, :] < keep[:, None]  # (R, cached)
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        sees_own = causal[None] & real[:, None, :]
-        sees_own |= torch.eye(width, dtype=torch.bool)[None]  # pads see themselves: no empty row
-        allowed = torch.cat([sees_cache[:, None, :].expand(-1, width, -1), sees_own], 2)
-        mask = torch.zeros(allowed.shape, dtype=bb.dtype).masked_fill_(~allowed, torch.finfo(bb.dtype).min)
+        allowed = torch.cat([sees_cache[:, None, :].expand(-1, width, -1), causal_allowed(real)], 2)
         positions = keep[:, None] + torch.arange(width)[None, :]
-        hidden = bb.decoder(
-            input_ids=ids.to(bb.device),
-            attention_mask=mask[:, None].to(bb.device),
-            position_ids=positions.to(bb.device),
-            past_key_values=cache,
-            use_cache=False,
+        keys = torch.cat([torch.arange(cached).expand(n_rows, -1), positions], 1)  # cached head: index = position
+        masks = bb.attention.masks(allowed, positions, keys, bb.dtype)
+        hidden = bb._forward(
+            cache, input_ids=ids.to(bb.device), attention_mask=move_masks(masks, bb.device),
+            position_ids=positions.to(bb.device), use_cache=False,
         ).last_hidden_state
         flat = self.labels.flat
         main_rows = [i for i, r in enumerate(rows) if r[3] < 0]
@@ -233,10 +242,9 @@ class CandidateScorer:
         """d(cross-entropy)/d(trigger embeddings), (n_triggers, hidden), with the trigger tokens right after
         the input of each example in `indices` (first-token label scores: the gradient only ranks candidates)."""
         bb = self.backbone
-        if self._head_kv is None:
-            self._cache_heads()
+        heads = self._head_token_ids()
         tail = bb.tokenizer(self.base_tail, add_special_tokens=False)["input_ids"]
-        seqs = [self._head_ids[i] + [-1] * len(triggers) + tail for i in indices]
+        seqs = bb.fit([heads[i] + [-1] * len(triggers) + tail for i in indices])  # ends kept: triggers, cue
         width = max(map(len, seqs))
         ids = torch.full((len(seqs), width), bb.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.long)

@@ -11,23 +11,31 @@
 Over a CLIP backbone (serve/clip.py) `/v1/classify` takes base64 images instead, and the text routes
 answer 400.
 
-Errors are OpenAI-style JSON, `{"error": {"message", "type", "code"}}`, with a 4xx status that says
-whose fault it is. Requests from all clients are batched by the `Engine` (see engine.py).
+Every error, whatever raised it, is OpenAI-style JSON, `{"error": {"message", "type", "code", "param"}}`,
+with a status that says whose fault it is (4xx) or that the server could not do it (500, 503 busy or
+shutting down, 504 out of time); a 500 logs its traceback on the server only. Every wait is bounded
+by `request_timeout`, and a request whose client went away is dropped from the engine's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import secrets
+import logging
 import time
 import uuid
 from typing import Any, Literal
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import PromptTuneError
-from .engine import Engine
+from .engine import Engine, public_name
+from .guard import RequestGuard, error_body
+from .scheduler import EngineClosed, Overloaded, RequestTimeout
+
+log = logging.getLogger("prompttune.serve")
+SEED_MAX = 2**63 - 1  # torch.manual_seed's range
 
 
 class _Body(BaseModel):
@@ -41,7 +49,7 @@ class CompletionBody(_Body):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     stop: str | list[str] | None = None
     raw: bool = False  # prompttune extension: do not put the prompt through the artifact's template
 
@@ -59,7 +67,7 @@ class ChatBody(_Body):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     stop: str | list[str] | None = None
 
 
@@ -73,19 +81,42 @@ class APIError(Exception):
         self.status, self.message, self.code, self.kind = status, message, code, kind
 
 
+def engine_error(exc: BaseException) -> APIError:
+    """The answer for an exception out of the engine (or a handler)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, PromptTuneError):
+        return APIError(400, str(exc), "invalid_input")
+    if isinstance(exc, Overloaded):
+        return APIError(503, str(exc), "server_busy", "server_error")
+    if isinstance(exc, EngineClosed):
+        return APIError(503, str(exc), "shutting_down", "server_error")
+    if isinstance(exc, RequestTimeout):
+        return APIError(504, f"{exc} (--request-timeout)", "request_timeout", "server_error")
+    log.error("request failed", exc_info=exc)
+    return APIError(500, f"internal error ({type(exc).__name__}); the server's log has the details", "internal_error",
+                    "server_error")
+
+
 def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int = 1_000_000,
-               max_tokens_limit: int = 512, max_inputs: int = 256):
-    """The FastAPI app over `engine`. `api_key`: require `Authorization: Bearer <key>` (not on /health)."""
-    from fastapi import FastAPI, Request
+               max_tokens_limit: int = 512, max_inputs: int = 256, max_request_rows: int = 64,
+               request_timeout: float = 60.0, body_timeout: float = 30.0, max_image_pixels: int = 4096 * 4096,
+               max_decoded_bytes: int = 256 * 2**20):
+    """The FastAPI app over `engine`. `api_key`: require `Authorization: Bearer <key>` (not on /health).
+    `max_request_rows`: generated sequences per request (n x prompts); `request_timeout`: seconds a
+    request may wait and run; `body_timeout`: seconds to receive a body; `max_image_pixels` and
+    `max_decoded_bytes`: per image, and per request, for a CLIP engine."""
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import iterate_in_threadpool
+    from starlette.exceptions import HTTPException
 
     app = FastAPI(title="prompttune serve", version="1")
     app.state.engine = engine
+    app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=max_body_bytes, body_timeout=body_timeout)
 
     def error(status: int, message: str, code: str, kind: str = "invalid_request_error") -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": kind, "code": code, "param": None}}, status)
+        return JSONResponse(error_body(message, code, kind), status)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
@@ -100,29 +131,27 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
                          "invalid_json")
         return error(400, f"{where}: {first.get('msg')}", "invalid_body")
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            return error(404, f"no route {request.url.path}; see GET /v1/models, POST /v1/completions, "
+                         "/v1/chat/completions, /v1/classify", "not_found")
+        if exc.status_code == 405:
+            return error(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            return error(400, f"request body is not valid UTF-8 JSON ({exc.__cause__.reason} at byte "
+                         f"{exc.__cause__.start})", "invalid_json")
+        kind = "server_error" if exc.status_code >= 500 else "invalid_request_error"
+        return error(exc.status_code, str(exc.detail), "http_error", kind)
+
     @app.exception_handler(PromptTuneError)
     async def _user_error(_: Request, exc: PromptTuneError):
         return error(400, str(exc), "invalid_input")
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        if api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                             "invalid_api_key", "authentication_error")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return error(413, f"request body is {int(length):,} bytes; the limit is {max_body_bytes:,}",
-                         "body_too_large")
-        if request.method == "POST" and length is None:
-            body = b""
-            async for part in request.stream():
-                body += part
-                if len(body) > max_body_bytes:
-                    return error(413, f"request body exceeds the limit of {max_body_bytes:,} bytes", "body_too_large")
-            request._body = body  # starlette re-reads the cached body
-        return await call_next(request)
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):  # starlette then re-raises: uvicorn logs the traceback
+        return error(500, f"internal error ({type(exc).__name__}); the server's log has the details",
+                     "internal_error", "server_error")
 
     def served(name: str):
         try:
@@ -134,16 +163,45 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     def token_limit(value: int | None, default: int) -> int:
         value = default if value is None else value
         if value > max_tokens_limit:
-            raise APIError(400, f"max_tokens {value} is over this server's limit of {max_tokens_limit}",
-                           "max_tokens_too_large")
+            raise APIError(400, f"max_tokens {value} is over this server's limit of {max_tokens_limit} "
+                           "(--max-tokens-limit)", "max_tokens_too_large")
         return value
 
-    async def run(future) -> Any:
-        return await asyncio.wrap_future(future)
+    def inputs_of(body: ClassifyBody) -> list:
+        inputs = [body.input] if isinstance(body.input, str) else body.input
+        if len(inputs) > max_inputs:
+            raise APIError(400, f"{len(inputs)} inputs; the limit is {max_inputs} per request (--max-inputs)",
+                           "too_many_inputs")
+        return inputs
+
+    def submit(make_future):
+        try:
+            return make_future()
+        except (Overloaded, EngineClosed) as exc:
+            raise engine_error(exc) from None
+
+    async def run(future, request: Request) -> Any:
+        """The engine's answer; 504 after `request_timeout`; the work is dropped if the client goes away."""
+        waiter = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(_client_gone(request))
+        try:
+            done, _ = await asyncio.wait({waiter, gone}, timeout=request_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if waiter not in done:
+            waiter.cancel()  # cancels the engine's future: the worker skips or stops its rows
+            if gone in done:
+                raise APIError(499, "the client closed the connection", "client_closed")
+            raise engine_error(RequestTimeout(f"the request did not finish within {request_timeout:g} s"))
+        try:
+            return waiter.result()
+        except Exception as exc:  # noqa: BLE001
+            raise engine_error(exc) from None
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": len(engine.prompts), **engine.stats}
+        return {"status": "ok", "models": len(engine.prompts), "queued_rows": engine.queue.pending, **engine.stats}
 
     @app.get("/v1/models")
     async def models():
@@ -154,64 +212,113 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
         ]}
 
     if getattr(engine, "kind", "text") == "clip":  # a CLIP backbone: images in, labels out, no text generation
-        _add_image_routes(app, engine, served, run, max_inputs)
+        from starlette.concurrency import run_in_threadpool
+
+        from .clip import decode_request_images
+
+        @app.post("/v1/classify")
+        async def classify_images(body: ClassifyBody, request: Request):
+            served(body.model)
+            images = await run_in_threadpool(decode_request_images, inputs_of(body), max_image_pixels,
+                                             max_decoded_bytes)
+            results = await run(submit(lambda: engine.classify(body.model, images, timeout=request_timeout)), request)
+            return {"object": "list", "model": body.model, "data": [
+                {"index": i, "label": label, "scores": scores} for i, (label, scores) in enumerate(results)
+            ]}
+
+        async def no_text():
+            raise APIError(400, f"this server runs a CLIP model ({public_name(engine.backbone.model_id)}): it "
+                           "classifies images (POST /v1/classify) and does not generate text", "not_a_text_model")
+
+        app.post("/v1/completions")(no_text)
+        app.post("/v1/chat/completions")(no_text)
         return app
 
     @app.post("/v1/classify")
-    async def classify(body: ClassifyBody):
+    async def classify(body: ClassifyBody, request: Request):
         prompt = served(body.model)
         if prompt.predictor is None:
             raise APIError(400, f"'{body.model}' is the bare backbone; classify needs an artifact (it has the "
                            "template and labels)", "not_a_classifier")
-        inputs = [body.input] if isinstance(body.input, str) else body.input
-        if len(inputs) > max_inputs:
-            raise APIError(400, f"{len(inputs)} inputs; the limit is {max_inputs} per request", "too_many_inputs")
-        for item in inputs:
-            prompt.predictor.render(item)  # a missing field is the client's error, found before queueing
-        results = await run(engine.classify(body.model, inputs))
+        inputs = inputs_of(body)
+        for i, item in enumerate(inputs):  # a missing field is the client's error, found before queueing
+            try:
+                prompt.predictor.render(item)
+            except PromptTuneError as exc:
+                raise APIError(400, f"input[{i}]: {exc}", "invalid_input") from None
+        results = await run(submit(lambda: engine.classify(body.model, inputs, timeout=request_timeout)), request)
         return {"object": "list", "model": body.model, "data": [
             {"index": i, "label": label, "scores": scores} for i, (label, scores) in enumerate(results)
         ]}
 
-    async def complete(name: str, texts: list[str], render: bool, max_tokens: int, temperature: float, n: int,
-                       seed: int | None, stop) -> list[tuple]:
+    def generation_inputs(name: str, texts: list[str], render: bool, n: int) -> list[str]:
         prompt = served(name)
+        if len(texts) * n > max_request_rows:
+            raise APIError(400, f"{len(texts)} prompt(s) x n={n} = {len(texts) * n} sequences; the limit is "
+                           f"{max_request_rows} per request (--max-request-rows)", "too_many_rows")
         if render and prompt.predictor is not None:
             texts = [prompt.predictor.render(t) for t in texts]
+        if prompt.soft is None:
+            for i, t in enumerate(texts):
+                if not t:
+                    raise APIError(400, f"prompt[{i}] is empty: give some text to continue", "empty_prompt")
+        return texts
+
+    async def complete(request: Request, name: str, texts: list[str], max_tokens: int, temperature: float, n: int,
+                       seed: int | None, stop) -> tuple[list[tuple], dict[str, int]]:
         rows = [t for t in texts for _ in range(n)]
-        out = await run(engine.generate(name, rows, max_tokens, temperature, seed))
-        return [_apply_stop(o, stop) for o in out]
+        future = submit(lambda: engine.generate(name, rows, max_tokens, temperature, seed, timeout=request_timeout))
+        out = [_apply_stop(o, stop) for o in await run(future, request)]
+        prompt_tokens = sum(out[i * n][1] for i in range(len(texts)))  # each prompt once, however many choices
+        completion = sum(o[2] for o in out)
+        return out, {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                     "total_tokens": prompt_tokens + completion}
+
+    def stream(name: str, text: str, max_tokens: int, temperature: float, seed: int | None, stop, piece):
+        queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone (server stopped)
+                pass
+
+        future = submit(lambda: engine.stream(name, text, max_tokens, lambda t: put(("text", t)), temperature, seed,
+                                              timeout=request_timeout))
+        future.add_done_callback(lambda f: put(("end", f)))
+        return StreamingResponse(_sse(queue, future, piece, _stops(stop), request_timeout),
+                                 media_type="text/event-stream")
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionBody):
+    async def completions(body: CompletionBody, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > max_inputs:
             raise APIError(400, f"prompt: give 1 to {max_inputs} prompts", "invalid_prompt")
         max_tokens = token_limit(body.max_tokens, 16)
         prompt = served(body.model)
-        render = not body.raw and prompt.predictor is not None
+        texts = generation_inputs(body.model, prompts, not body.raw and prompt.predictor is not None, body.n)
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
             if len(prompts) != 1 or body.n != 1:
                 raise APIError(400, "stream: one prompt and n=1 per streamed request", "invalid_stream")
-            text = prompt.predictor.render(prompts[0]) if render else prompts[0]
-            chunks = iterate_in_threadpool(engine.stream(body.model, text, max_tokens, body.temperature))
 
             def piece(delta: str, finish):
                 return {"id": cid, "object": "text_completion", "created": created, "model": body.model,
                         "choices": [{"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}]}
 
-            return StreamingResponse(_sse(chunks, piece), media_type="text/event-stream")
-        out = await complete(body.model, prompts, render, max_tokens, body.temperature, body.n, body.seed, body.stop)
+            return stream(body.model, texts[0], max_tokens, body.temperature, body.seed, body.stop, piece)
+        out, usage = await complete(request, body.model, texts, max_tokens, body.temperature, body.n, body.seed,
+                                    body.stop)
         return {
             "id": cid, "object": "text_completion", "created": created, "model": body.model,
             "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": f} for i, (t, _, _, f) in
                         enumerate(out)],
-            "usage": _usage(out),
+            "usage": usage,
         }
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatBody):
+    async def chat(body: ChatBody, request: Request):
         prompt = served(body.model)
         max_tokens = token_limit(body.max_completion_tokens or body.max_tokens, 128)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content or ""}
@@ -226,73 +333,95 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
             if not users:
                 raise APIError(400, "messages: an artifact needs a user message (its input text)", "no_user_message")
             text, render = users[-1], True
+        final = generation_inputs(body.model, [text], render, body.n)[0]
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
             if body.n != 1:
                 raise APIError(400, "stream: n=1 per streamed request", "invalid_stream")
-            final = prompt.predictor.render(text) if render else text
-            chunks = iterate_in_threadpool(engine.stream(body.model, final, max_tokens, body.temperature))
 
             def piece(delta: str, finish):
                 d = {"role": "assistant", "content": delta} if finish is None else {}
                 return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
                         "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}
 
-            return StreamingResponse(_sse(chunks, piece), media_type="text/event-stream")
-        out = await complete(body.model, [text], render, max_tokens, body.temperature, body.n, body.seed, body.stop)
+            return stream(body.model, final, max_tokens, body.temperature, body.seed, body.stop, piece)
+        out, usage = await complete(request, body.model, [final], max_tokens, body.temperature, body.n, body.seed,
+                                    body.stop)
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": body.model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}
                         for i, (t, _, _, f) in enumerate(out)],
-            "usage": _usage(out),
+            "usage": usage,
         }
 
     return app
 
 
-def _add_image_routes(app, engine, served, run, max_inputs: int) -> None:
-    """`/v1/classify` for a `ClipEngine` (see serve/clip.py); the text-generation routes say why they are absent."""
-    from starlette.concurrency import run_in_threadpool
+async def _client_gone(request) -> None:
+    """Returns once the client has disconnected (the body has been read by then)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
-    from .clip import decode_request_image
 
-    @app.post("/v1/classify")
-    async def classify_images(body: ClassifyBody):
-        served(body.model)
-        inputs = [body.input] if isinstance(body.input, str) else body.input
-        if len(inputs) > max_inputs:
-            raise APIError(400, f"{len(inputs)} inputs; the limit is {max_inputs} per request", "too_many_inputs")
-        images = await run_in_threadpool(lambda: [decode_request_image(x, f"input[{i}]") for i, x in enumerate(inputs)])
-        results = await run(engine.classify(body.model, images))
-        return {"object": "list", "model": body.model, "data": [
-            {"index": i, "label": label, "scores": scores} for i, (label, scores) in enumerate(results)
-        ]}
-
-    async def no_text():
-        raise APIError(400, f"this server runs the CLIP model {engine.backbone.model_id}: it classifies images "
-                       "(POST /v1/classify) and does not generate text", "not_a_text_model")
-
-    app.post("/v1/completions")(no_text)
-    app.post("/v1/chat/completions")(no_text)
+def _stops(stop) -> list[str]:
+    return [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
 
 
 def _apply_stop(out: tuple, stop) -> tuple:
     text, n_prompt, n_completion, finish = out
-    for s in [stop] if isinstance(stop, str) else (stop or []):
-        if s and s in text:
+    for s in _stops(stop):
+        if s in text:
             text, finish = text[: text.index(s)], "stop"
     return text, n_prompt, n_completion, finish
 
 
-def _usage(out: list[tuple]) -> dict[str, int]:
-    prompt = sum({id(o): o[1] for o in out}.values())
-    completion = sum(o[2] for o in out)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string (not sent yet)."""
+    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
 
 
-async def _sse(chunks, piece):
-    async for delta in chunks:
-        if delta:
-            yield f"data: {json.dumps(piece(delta, None))}\n\n"
-    yield f"data: {json.dumps(piece('', 'stop'))}\n\n"
-    yield "data: [DONE]\n\n"
+async def _sse(queue: asyncio.Queue, future, piece, stops: list[str], idle_timeout: float):
+    """Server-sent events from the engine's pieces: text (stop strings applied), then the finish reason
+    and [DONE]; an error, or no output for `idle_timeout` seconds, ends the stream with an error event.
+    However it ends (client gone included), the future is cancelled so generation stops."""
+
+    def event(payload: dict) -> str:
+        return f"data: {json.dumps(payload)}\n\n"
+
+    held = ""
+    try:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(queue.get(), idle_timeout)
+            except TimeoutError:
+                yield event(error_body(f"no output for {idle_timeout:g} s (--request-timeout)", "request_timeout",
+                                       "server_error"))
+                return
+            if kind == "text":
+                held += value
+                hits = [held.index(s) for s in stops if s in held]
+                if hits:
+                    if min(hits):
+                        yield event(piece(held[: min(hits)], None))
+                    yield event(piece("", "stop"))
+                    yield "data: [DONE]\n\n"
+                    return
+                ready = len(held) - _held_back(held, stops)
+                if ready:
+                    yield event(piece(held[:ready], None))
+                    held = held[ready:]
+                continue
+            if value.cancelled():
+                return
+            if value.exception() is not None:
+                err = engine_error(value.exception())
+                yield event(error_body(err.message, err.code, err.kind))
+                return
+            if held:
+                yield event(piece(held, None))
+            yield event(piece("", value.result()[0][3]))
+            yield "data: [DONE]\n\n"
+            return
+    finally:
+        future.cancel()

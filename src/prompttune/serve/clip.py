@@ -5,19 +5,26 @@ an image file (PNG, JPEG, ...), a `data:image/...;base64,` URL, or `{"image": <e
 names a label and gives a probability per class for each image, as the text classifier does. The
 classes are all of the artifact's task (base and new), or the trained ones for a class-specific context.
 
-One worker thread runs the requests in arrival order; requests for the same artifact that are waiting
-together go through the towers as one batch. Class text features of contexts that do not depend on
-the image are computed once per artifact (`ClipPredictor.probabilities`).
+One worker thread runs the requests through a `FairQueue` (serve/scheduler.py): batches of at most
+`max_batch` images of one artifact, the waiting requests' images shared out in turn, artifacts served
+round-robin. Class text features of contexts that do not depend on the image are computed once per
+artifact (`ClipPredictor.probabilities`).
+
+Images are checked before they are decoded: the file header gives the size, and an image over
+`--max-image-pixels`, or a request whose images would decode to more than `--max-decoded-mb`, is refused
+with a 400 (a 20 kB PNG can hold a 13000x13000 image).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import queue
+import io
 import threading
+import time
+import warnings
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,7 @@ from ..errors import ArtifactError, ConfigError, DataError
 from ..methods.clip_base import ClipPredictor
 from ..models.clip import ClipBackbone
 from ..tasks.images import decode_image
+from .scheduler import EngineClosed, FairQueue, Part, Work
 
 
 @dataclass
@@ -44,7 +52,7 @@ class ServedClip:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "clip", "task": self.predictor.meta["task"]["name"], "labels": self.labels,
-                "method": self.predictor.meta.get("method"), "path": self.path}
+                "method": self.predictor.meta.get("method")}
 
 
 def load_clip_prompts(backbone: ClipBackbone, specs: list[str]) -> dict[str, ServedClip]:
@@ -63,8 +71,8 @@ def load_clip_prompts(backbone: ClipBackbone, specs: list[str]) -> dict[str, Ser
     return served
 
 
-def decode_request_image(item: Any, where: str) -> torch.Tensor:
-    """One request input (base64, a data URL, or {"image": ...}) as uint8 RGB (H, W, 3)."""
+def request_image_bytes(item: Any, where: str) -> bytes:
+    """One request input (base64, a data URL, or {"image": ...}) as the image file's bytes."""
     if isinstance(item, dict):
         if set(item) != {"image"}:
             raise DataError(f"{where}: an object input must have exactly one field, 'image' (got {sorted(item)})")
@@ -76,30 +84,71 @@ def decode_request_image(item: Any, where: str) -> torch.Tensor:
         if not sep or not head.endswith(";base64"):
             raise DataError(f"{where}: a data URL must be base64-encoded (data:image/png;base64,...)")
     try:
-        raw = base64.b64decode(item, validate=True)
+        return base64.b64decode(item, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise DataError(f"{where}: not valid base64 ({exc})") from None
-    return decode_image(raw, where)
 
 
-@dataclass
-class _Job:
-    name: str
-    images: list[torch.Tensor]
-    future: Future = field(default_factory=Future)
+def image_size(raw: bytes, where: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) from the image file's header, without decoding its pixels; over `max_pixels` is refused."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:  # over twice PIL's own limit: PIL refuses to open it
+        raise DataError(f"{where}: the image is too large to decode ({exc}); this server takes at most "
+                        f"{max_pixels:,} pixels per image (--max-image-pixels)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{where}: not a readable image ({exc})") from None
+    if width * height > max_pixels:
+        raise DataError(f"{where}: the image is {width}x{height} = {width * height:,} pixels; this server takes at "
+                        f"most {max_pixels:,} per image (--max-image-pixels)")
+    return width, height
+
+
+def decode_request_images(items: list[Any], max_pixels: int = 4096 * 4096,
+                          max_decoded_bytes: int = 256 * 2**20) -> list[torch.Tensor]:
+    """A request's images as uint8 RGB (H, W, 3), every header checked before any pixel is decoded."""
+    raws = [request_image_bytes(x, f"input[{i}]") for i, x in enumerate(items)]
+    sizes = [image_size(raw, f"input[{i}]", max_pixels) for i, raw in enumerate(raws)]
+    decoded = sum(4 * w * h for w, h in sizes)  # RGBA while transparency is composited
+    if decoded > max_decoded_bytes:
+        raise DataError(f"the {len(items)} images would decode to {decoded / 2**20:,.0f} MiB; this server takes "
+                        f"at most {max_decoded_bytes / 2**20:,.0f} MiB per request (--max-decoded-mb)")
+    return [decode_with_limit(raw, f"input[{i}]", max_pixels) for i, raw in enumerate(raws)]
+
+
+def decode_with_limit(raw: bytes, where: str, max_pixels: int) -> torch.Tensor:
+    """`decode_image` of bytes whose header was checked; PIL's own bomb check, which a larger
+    `--max-image-pixels` may exceed, answers in the same words."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return decode_image(raw, where)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{where}: the image is too large to decode ({exc}); this server takes at most "
+                        f"{max_pixels:,} pixels per image (--max-image-pixels)") from None
 
 
 class ClipEngine:
-    """One CLIP backbone and its artifacts; one worker thread, which batches waiting jobs per artifact."""
+    """One CLIP backbone and its artifacts; one worker thread, which batches waiting images per artifact.
+    The queue's capacity is in decoded bytes (`max_queued_bytes`); a full queue answers 503."""
 
     kind = "clip"
 
-    def __init__(self, backbone: ClipBackbone, prompts: dict[str, ServedClip], max_batch: int = 64):
+    def __init__(self, backbone: ClipBackbone, prompts: dict[str, ServedClip], max_batch: int = 64,
+                 max_queued_bytes: int = 2**30):
         self.backbone = backbone
         self.prompts = prompts
         self.max_batch = max_batch
         self.stats = {"batches": 0, "rows": 0, "forward_passes": 0}
-        self.queue: queue.Queue[_Job | None] = queue.Queue()
+        self.queue = FairQueue(max_queued_bytes)
+        self._closing = threading.Event()
         self._worker = threading.Thread(target=self._loop, name="prompttune-clip-engine", daemon=True)
         self._worker.start()
 
@@ -108,50 +157,43 @@ class ClipEngine:
             raise KeyError(name)
         return self.prompts[name]
 
-    def classify(self, name: str, images: list[torch.Tensor]) -> Future:
+    def classify(self, name: str, images: list[torch.Tensor], timeout: float | None = None) -> Future:
         """Future of [(label, {label: probability})] per image."""
-        job = _Job(self.get(name).name, images)
-        self.queue.put(job)
-        return job.future
+        weight = sum(im.numel() for im in images)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self.queue.submit(Work(("clip", self.get(name).name), images, deadline=deadline, weight=weight))
 
-    def close(self) -> None:
-        self.queue.put(None)
-        self._worker.join(timeout=10)
+    def begin_close(self) -> None:
+        self._closing.set()
+        self.queue.close(EngineClosed("the server is shutting down"))
+
+    def close(self, wait: float = 10.0) -> None:
+        self.begin_close()
+        self._worker.join(timeout=wait)
 
     def _loop(self) -> None:
-        while True:
-            job = self.queue.get()
-            if job is None:
-                return
-            jobs = [job]
-            while len(jobs) < self.max_batch:  # whatever else is already waiting joins this round
-                try:
-                    more = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self.queue.put(None)
-                    break
-                jobs.append(more)
-            self.stats["batches"] += 1
-            for name in dict.fromkeys(j.name for j in jobs):
-                group = [j for j in jobs if j.name == name]
-                self._run(name, group)
+        while not self._closing.is_set():
+            if not self.queue.wait(timeout=0.5):
+                continue
+            batch = self.queue.take(lambda key: self.max_batch)
+            if batch is not None:
+                self._run(batch[0][1], batch[1])
 
-    def _run(self, name: str, jobs: list[_Job]) -> None:
+    def _run(self, name: str, parts: list[Part]) -> None:
         served = self.prompts[name]
-        images = [im for j in jobs for im in j.images]
+        images = [im for w, a, b in parts for im in w.rows[a:b]]
+        self.stats["batches"] += 1
         try:
             probs = served.predictor.probabilities(images).tolist()
         except Exception as exc:  # noqa: BLE001 - handed to the waiting request, which answers with it
-            for j in jobs:
-                j.future.set_exception(exc)
+            for w, _, _ in parts:
+                self.queue.fail(w, exc)
             return
         self.stats["rows"] += len(images)
         self.stats["forward_passes"] += 1
         labels, start = served.labels, 0
-        for j in jobs:
-            rows = probs[start:start + len(j.images)]
-            start += len(j.images)
-            j.future.set_result([(labels[max(range(len(r)), key=r.__getitem__)], dict(zip(labels, r, strict=True)))
-                                 for r in rows])
+        for w, a, b in parts:
+            rows = probs[start:start + b - a]
+            start += b - a
+            self.queue.deliver(w, a, [(labels[max(range(len(r)), key=r.__getitem__)], dict(zip(labels, r, strict=True)))
+                                      for r in rows])

@@ -1,36 +1,46 @@
 """The serving engine: one frozen backbone, many learned prompts, one worker thread that batches.
 
-Requests from all clients queue up; the worker takes what is waiting (up to `max_batch` rows, after
-waiting at most `batch_wait_ms` for company) and runs it together:
+Every request becomes a `Work` in a `FairQueue` (serve/scheduler.py); the worker takes one batch
+at a time (at most `max_batch` rows, the waiting requests' rows shared out in turn) and runs it:
 
 * classification rows whose prompt is text (hard, zero-shot) or a soft prompt, with single-token
   label words, go into ONE packed forward pass (`backbone.answer_hidden_mixed`), each example with
   its own template, its own label words and its own prompt: the distinct soft prompts' keys/values
   are computed once and each example attends only to its own;
 * generation rows with the same sampling settings likewise go into one `generate` call;
+* streams run one at a time through `generate` with a streamer;
 * the rest (deep key/value prompts, DePT, instance-dependent prompts, boosted ensembles,
-  multi-token label words) run through their artifact's own `Predictor`, batched per artifact.
+  multi-token label words) run through their artifact's own `Predictor`.
+
+Generation never blocks classification: between two generated tokens the worker runs one waiting
+classification batch (from the stopping criterion, in the same thread, so no lock is needed).
+The same criterion ends the rows of a request that was cancelled (client gone, stop string seen)
+or ran out of time, and hands each request its text as soon as its own rows are finished.
 """
 
 from __future__ import annotations
 
-import queue
+import itertools
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from ..artifact import Predictor, check_backbone, read_artifact
 from ..errors import ConfigError
 from ..models import LabelWords
 from ..models.causal_lm import _class_scores
+from .scheduler import EngineClosed, FairQueue, Part, RequestTimeout, Work
 
 MIXABLE_KINDS = ("none", "hard", "soft")
+CLASSIFY_OPS = ("classify", "classify-own")
+OWN_GENERATE_ROWS = 4  # rows of a predictor-generated group per turn (each row is its own generate call)
 
 
 @dataclass
@@ -60,11 +70,18 @@ class ServedPrompt:
         return self.kind in ("backbone", *MIXABLE_KINDS)
 
     def describe(self) -> dict[str, Any]:
+        """What /v1/models shows: names and labels, never the server's file paths."""
         info: dict[str, Any] = {"kind": self.kind}
         if self.predictor:
             info.update(task=self.predictor.meta["task"]["name"], labels=self.predictor.labels,
-                        method=self.predictor.meta.get("method"), path=self.path)
+                        method=self.predictor.meta.get("method"))
         return info
+
+
+def public_name(model_id: str) -> str:
+    """The name clients use for the backbone: a local model's directory name, never its path on the server."""
+    path = Path(model_id)
+    return path.name if path.is_absolute() or path.exists() else model_id
 
 
 def load_prompts(backbone, specs: list[str]) -> dict[str, ServedPrompt]:
@@ -74,7 +91,7 @@ def load_prompts(backbone, specs: list[str]) -> dict[str, ServedPrompt]:
     for spec in specs:
         name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
         name = name or Path(path).resolve().name
-        if name in served or name == backbone.model_id:
+        if name in served or name == public_name(backbone.model_id):
             raise ConfigError(f"artifact name '{name}' is used twice; name them with NAME=PATH")
         meta, tensors = read_artifact(path)
         check_backbone(meta, backbone, f"artifact {path}")
@@ -82,25 +99,26 @@ def load_prompts(backbone, specs: list[str]) -> dict[str, ServedPrompt]:
     return served
 
 
-@dataclass
-class _Job:
-    op: str  # "classify" | "generate"
-    prompt: ServedPrompt
-    texts: list[str]
-    params: dict[str, Any] = field(default_factory=dict)
-    future: Future = field(default_factory=Future)
-
-
 class Engine:
+    """The backbone, its served prompts and the worker thread. Public methods are thread-safe and return
+    futures; `timeout` (seconds) bounds how long a request may wait and run before it fails with
+    `RequestTimeout`; a full queue raises `Overloaded` at once."""
+
+    kind = "text"
+
     def __init__(self, backbone, prompts: Mapping[str, ServedPrompt], max_batch: int = 64,
-                 batch_wait_ms: float = 2.0):
+                 batch_wait_ms: float = 2.0, max_queued_rows: int | None = None):
         self.backbone = backbone
-        self.prompts = {backbone.model_id: ServedPrompt(backbone.model_id, None), **prompts}
+        self.prompts = {public_name(backbone.model_id): ServedPrompt(public_name(backbone.model_id), None),
+                        **prompts}
         self.max_batch = max_batch
         self.batch_wait = batch_wait_ms / 1000
-        self.queue: queue.Queue[_Job | None] = queue.Queue()
+        self.queue = FairQueue(max_queued_rows or 256 * max_batch)
         self.stats = {"batches": 0, "rows": 0, "forward_passes": 0}
-        self._gen_lock = threading.Lock()
+        self._unique = itertools.count()
+        self._closing = threading.Event()
+        self._between = False
+        self._generate_until = 0.0  # time.monotonic() before which generation is not interrupted
         self._worker = threading.Thread(target=self._loop, name="prompttune-engine", daemon=True)
         self._worker.start()
 
@@ -110,130 +128,184 @@ class Engine:
             raise KeyError(name)
         return self.prompts[name]
 
-    def classify(self, name: str, texts: list[str]) -> Future:
-        """Future of [(label, {label: probability})] for `texts` with prompt `name`."""
-        return self._submit(_Job("classify", self.get(name), texts))
+    def classify(self, name: str, texts: list, timeout: float | None = None) -> Future:
+        """Future of [(label, {label: probability})] for `texts` (strings or field mappings) with prompt `name`."""
+        served = self.get(name)
+        key = ("classify",) if served.mixable_classify else ("classify-own", name)
+        return self.queue.submit(Work(key, texts, {"prompt": served}, _deadline(timeout)))
 
     def generate(self, name: str, texts: list[str], max_tokens: int, temperature: float = 0.0,
-                 seed: int | None = None) -> Future:
+                 seed: int | None = None, timeout: float | None = None) -> Future:
         """Future of [(text, n_prompt_tokens, n_completion_tokens, finish_reason)] per input text. The texts
         are the model's input as they are: putting them through an artifact's template is the caller's."""
-        return self._submit(_Job("generate", self.get(name), texts,
-                                 {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}))
-
-    def stream(self, name: str, text: str, max_tokens: int, temperature: float = 0.0) -> Iterator[str]:
-        """Text pieces as they are generated (one request, outside the batcher)."""
-        from transformers import TextIteratorStreamer
-
         served = self.get(name)
-        ids, soft = self._gen_inputs(served, [text])
-        if not served.mixable_generate:
-            with self._gen_lock:
-                out = self._predictor_generate(served, [text], max_tokens, temperature)
-            yield out[0][0]
-            return
-        streamer = TextIteratorStreamer(self.backbone.tokenizer, skip_prompt=False, skip_special_tokens=True)
+        key = ("generate" if served.mixable_generate else "generate-own",
+               "" if served.mixable_generate else name, float(temperature))
+        if seed is not None:  # a seeded request batches alone, so its samples do not depend on company
+            key += (next(self._unique),)
+        params = {"prompt": served, "max_tokens": max_tokens, "temperature": float(temperature), "seed": seed}
+        return self.queue.submit(Work(key, texts, params, _deadline(timeout)))
 
-        def run() -> None:
-            with self._gen_lock:
-                self._hf_generate(ids, soft, max_tokens, temperature, None, streamer)
+    def stream(self, name: str, text: str, max_tokens: int, on_text: Callable[[str], None],
+               temperature: float = 0.0, seed: int | None = None, timeout: float | None = None) -> Future:
+        """Generate for one text, calling `on_text(piece)` (in the worker thread) as pieces are ready.
+        The future ends as `generate`'s does; cancel it to stop generating (e.g. the client went away).
+        `timeout` bounds the wait for the stream to start."""
+        served = self.get(name)
+        params = {"prompt": served, "max_tokens": max_tokens, "temperature": float(temperature), "seed": seed,
+                  "on_text": on_text}
+        return self.queue.submit(Work(("stream", next(self._unique)), [text], params, _deadline(timeout)))
 
-        threading.Thread(target=run, daemon=True).start()
-        yield from streamer
+    def begin_close(self) -> None:
+        """Without waiting: fail what is queued (`EngineClosed`) and stop generation at its next token."""
+        self._closing.set()
+        self.queue.close(EngineClosed("the server is shutting down"))
 
-    def close(self) -> None:
-        self.queue.put(None)
+    def close(self, wait: float = 10.0) -> None:
+        """`begin_close`, then wait up to `wait` seconds for the worker to end."""
+        self.begin_close()
+        if threading.current_thread() is not self._worker:
+            self._worker.join(timeout=wait)
 
     # ------------------------------------------------------------------ worker
-    def _submit(self, job: _Job) -> Future:
-        self.queue.put(job)
-        return job.future
-
     def _loop(self) -> None:
-        while True:
-            job = self.queue.get()
-            if job is None:
-                return
-            batch, rows = [job], len(job.texts)
-            deadline = time.monotonic() + self.batch_wait
-            while rows < self.max_batch:
-                try:
-                    nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.queue.put(None)
-                    break
-                batch.append(nxt)
-                rows += len(nxt.texts)
-            self._run(batch)
+        idle = True
+        while not self._closing.is_set():
+            if not self.queue.wait(timeout=0.5):
+                idle = True
+                continue
+            if idle and self.batch_wait:  # let the requests that arrive together share the first batch
+                time.sleep(self.batch_wait)
+            idle = False
+            batch = self.queue.take(lambda key: OWN_GENERATE_ROWS if key[0] == "generate-own" else self.max_batch)
+            if batch is not None:
+                self._run(*batch)
 
-    def _run(self, batch: list[_Job]) -> None:
+    def _run(self, key: tuple, parts: list[Part]) -> None:
         self.stats["batches"] += 1
-        self.stats["rows"] += sum(len(j.texts) for j in batch)
-        classify = [j for j in batch if j.op == "classify"]
-        generate = [j for j in batch if j.op == "generate"]
-        self._guard(self._classify_mixed, [j for j in classify if j.prompt.mixable_classify])
-        for j in classify:
-            if not j.prompt.mixable_classify:
-                self._guard(self._classify_own, [j])
-        groups: dict[tuple, list[_Job]] = {}
-        for j in generate:
-            key = ("mixed",) if j.prompt.mixable_generate else ("own", j.prompt.name)
-            key += (float(j.params["temperature"]), j.params["seed"])
-            groups.setdefault(key, []).append(j)
-        for jobs in groups.values():
-            self._guard(self._generate_group, jobs)
-
-    def _guard(self, fn, jobs: list[_Job]) -> None:
-        if not jobs:
-            return
+        self.stats["rows"] += sum(b - a for _, a, b in parts)
+        run = {"classify": self._classify_mixed, "classify-own": self._classify_own, "generate": self._generate,
+               "generate-own": self._generate_own, "stream": self._generate}[key[0]]
+        if key[0] == "stream":
+            parts[0][0].deadline = None  # a stream's timeout bounds its start; then its client's idle timeout rules
         try:
-            fn(jobs)
-        except Exception as exc:  # noqa: BLE001  (delivered to the waiting requests)
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(exc)
+            run(parts)
+        except Exception as exc:  # noqa: BLE001  (delivered to the waiting requests, which answer with it)
+            for work, _, _ in parts:
+                self.queue.fail(work, exc)
+
+    def _between_steps(self) -> None:
+        """Called between two generated tokens: run one waiting classification batch, if any, and then
+        let generation run undisturbed for as long as that batch took (an even share of the time)."""
+        if self._between or time.monotonic() < self._generate_until:
+            return
+        batch = self.queue.take(lambda key: self.max_batch, accept=lambda key: key[0] in CLASSIFY_OPS)
+        if batch is not None:
+            self._between, start = True, time.monotonic()
+            try:
+                self._run(*batch)
+            finally:
+                self._between = False
+                self._generate_until = 2 * time.monotonic() - start
 
     # ------------------------------------------------------------------ classification
     @torch.inference_mode()
-    def _classify_mixed(self, jobs: list[_Job]) -> None:
-        rows = [(j, j.prompt, t) for j in jobs for t in j.texts]
-        for start in range(0, len(rows), self.max_batch):
-            chunk = rows[start : start + self.max_batch]
-            ids = self.backbone.tokenize([p.predictor.render(t) for _, p, t in chunk])
-            softs: dict[str, int] = {}
-            for _, p, _ in chunk:
-                if p.soft is not None and p.name not in softs:
-                    softs[p.name] = len(softs)
-            tensors = [self.prompts[name].soft for name in softs]
-            prompt_of = [softs.get(p.name, -1) for _, p, _ in chunk]
-            hidden = self.backbone.answer_hidden_mixed(ids, prompt_of, tensors)
-            self.stats["forward_passes"] += 1
-            labels = [p.predictor.label_words for _, p, _ in chunk]
-            union = sorted({w[0] for lw in labels for w in lw.flat})
-            where = {tok: i for i, tok in enumerate(union)}
-            logits = self.backbone._logits(hidden, torch.tensor(union, device=self.backbone.device)).cpu()
-            scores = [_class_logprobs(logits[r], labels[r], where) for r in range(len(chunk))]
-            self._deliver_classify(chunk, scores)
+    def _classify_mixed(self, parts: list[Part]) -> None:
+        rows = [(w, w.params["prompt"], w.rows[i]) for w, a, b in parts for i in range(a, b)]
+        ids = self.backbone.tokenize([p.predictor.render(t) for _, p, t in rows])
+        softs: dict[str, int] = {}
+        for _, p, _ in rows:
+            if p.soft is not None and p.name not in softs:
+                softs[p.name] = len(softs)
+        tensors = [self.prompts[name].soft for name in softs]
+        prompt_of = [softs.get(p.name, -1) for _, p, _ in rows]
+        hidden = self.backbone.answer_hidden_mixed(ids, prompt_of, tensors)
+        self.stats["forward_passes"] += 1
+        labels = [p.predictor.label_words for _, p, _ in rows]
+        union = sorted({w[0] for lw in labels for w in lw.flat})
+        where = {tok: i for i, tok in enumerate(union)}
+        logits = self.backbone._logits(hidden, torch.tensor(union, device=self.backbone.device)).cpu()
+        scores = [_class_logprobs(logits[r], labels[r], where) for r in range(len(rows))]
+        at = 0
+        for work, a, b in parts:
+            self.queue.deliver(work, a, [_labelled(work.params["prompt"], s) for s in scores[at : at + b - a]])
+            at += b - a
 
-    def _classify_own(self, jobs: list[_Job]) -> None:
-        for j in jobs:
-            scores = j.prompt.predictor.scores(j.texts)
+    def _classify_own(self, parts: list[Part]) -> None:
+        for work, a, b in parts:
+            scores = work.params["prompt"].predictor.scores(list(work.rows[a:b]))
             self.stats["forward_passes"] += 1
-            self._deliver_classify([(j, j.prompt, t) for t in j.texts], list(scores))
+            self.queue.deliver(work, a, [_labelled(work.params["prompt"], s) for s in scores])
 
-    @staticmethod
-    def _deliver_classify(rows, scores) -> None:
-        results: dict[int, list] = {}
-        for (job, prompt, _), s in zip(rows, scores, strict=True):
-            probs = s.float().exp()
-            labels = prompt.predictor.labels
-            results.setdefault(id(job), []).append(
-                (labels[int(probs.argmax())], {lab: round(float(p), 6) for lab, p in zip(labels, probs, strict=True)}))
-        for job, _, _ in rows:
-            if not job.future.done() and len(results[id(job)]) == len(job.texts):
-                job.future.set_result(results[id(job)])
+    # ------------------------------------------------------------------ generation
+    def _generate(self, parts: list[Part]) -> None:
+        """Mixable prompts (text, soft, the bare backbone): all rows in one `generate` call; a stream is
+        a group of its own, with a streamer."""
+        rows, ids, softs = [], [], []
+        for work, a, b in parts:
+            tokens = self.backbone.tokenize(list(work.rows[a:b]))
+            soft = work.params["prompt"].soft
+            if any(not x for x in tokens) and soft is None:
+                self.queue.fail(work, ConfigError("prompt: nothing to continue (the text is empty after "
+                                                  "tokenization)"))
+                continue
+            rows += [(work, i) for i in range(a, b)]
+            ids += tokens
+            softs += [soft] * len(tokens)
+        if not rows:
+            return
+        first = rows[0][0].params
+        streamer = _TextPieces(self.backbone.tokenizer, first["on_text"]) if "on_text" in first else None
+        stopper = _RowStopper(self, rows, [len(x) for x in ids], early=streamer is None)
+        seed = first["seed"] if first["seed"] is None else first["seed"] + rows[0][1]  # later chunks: other draws
+        self.stats["forward_passes"] += 1  # counted first: the criterion may answer before `generate` returns
+        out = self._hf_generate(ids, softs, max(stopper.limits), first["temperature"], seed, stopper, streamer)
+        stopper.finish(out)
+
+    def _generate_own(self, parts: list[Part]) -> None:
+        """Prompts only their predictor can apply (deep prompts, DePT, instance prompts): row by row."""
+        for work, a, b in parts:
+            served, params = work.params["prompt"], work.params
+            for i in range(a, b):
+                if not work.live or self._closing.is_set():
+                    self._drop(work)
+                    break
+                kwargs: dict[str, Any] = {"do_sample": True, "temperature": params["temperature"]} \
+                    if params["temperature"] > 0 else {}
+                if not isinstance(served.predictor.prompt, (list, tuple)):  # the deep-prompt loop takes no criteria
+                    kwargs["stopping_criteria"] = StoppingCriteriaList([_Interrupt(self, work)])
+                with torch.random.fork_rng(devices=[]):
+                    if params["seed"] is not None:
+                        torch.manual_seed(params["seed"] + i)
+                    text = served.predictor.generate(work.rows[i], max_new_tokens=params["max_tokens"], raw=True,
+                                                     **kwargs)
+                self.stats["forward_passes"] += 1
+                if "on_text" in params:
+                    params["on_text"](text)
+                n_prompt = len(self.backbone.tokenize([work.rows[i]])[0])
+                n_out = len(self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
+                self.queue.deliver(work, i, [(text, n_prompt, n_out, "length")])
+                self._between_steps()
+
+    def _drop(self, work: Work) -> None:
+        """A request that is no longer wanted: it answers (if anyone waits) with why."""
+        self.queue.fail(work, EngineClosed("the server is shutting down") if self._closing.is_set()
+                        else RequestTimeout("the request ran out of time while generating"))
+
+    @torch.inference_mode()
+    def _hf_generate(self, ids, softs, max_new: int, temperature: float, seed: int | None, stopper, streamer=None):
+        bb = self.backbone
+        embeds, mask = self._embed_rows(ids, softs)
+        kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_k=0)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = bb.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new,
+                                    pad_token_id=bb.tokenizer.pad_token_id, streamer=streamer,
+                                    stopping_criteria=StoppingCriteriaList([stopper]), **kwargs)
+        return out.cpu()
 
     def _embed_rows(self, ids: list[list[int]], softs: list[torch.Tensor | None]):
         """Left-padded (embeds, mask): row i is its soft prompt (if any), then its tokens. Unlike
@@ -254,62 +326,15 @@ class Engine:
             mask[i, width - len(row):] = 1
         return embeds, mask.to(bb.device)
 
-    # ------------------------------------------------------------------ generation
-    def _gen_inputs(self, served: ServedPrompt, texts: list[str]):
-        return self.backbone.tokenize(texts), [served.soft] * len(texts)
 
-    def _generate_group(self, jobs: list[_Job]) -> None:
-        temperature, seed = float(jobs[0].params["temperature"]), jobs[0].params["seed"]
-        if not jobs[0].prompt.mixable_generate:
-            for j in jobs:
-                out = self._predictor_generate(j.prompt, j.texts, j.params["max_tokens"], temperature)
-                j.future.set_result(out)
-            return
-        ids, softs, owners = [], [], []
-        for j in jobs:
-            i, s = self._gen_inputs(j.prompt, j.texts)
-            ids += i
-            softs += s
-            owners += [(j, m) for m in range(len(j.texts))]
-        max_new = max(j.params["max_tokens"] for j in jobs)
-        with self._gen_lock:
-            tokens = self._hf_generate(ids, softs, max_new, temperature, seed)
-        self.stats["forward_passes"] += 1
-        eos = self.backbone.tokenizer.eos_token_id
-        results: dict[int, list] = {id(j): [] for j in jobs}
-        for r, (job, _) in enumerate(owners):
-            row = tokens[r][: job.params["max_tokens"]]
-            finish = "length"
-            if eos in row:
-                row, finish = row[: row.index(eos)], "stop"
-            text = self.backbone.tokenizer.decode(row, skip_special_tokens=True)
-            results[id(job)].append((text, len(ids[r]), len(row), finish))
-        for j in jobs:
-            j.future.set_result(results[id(j)])
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
 
-    @torch.inference_mode()
-    def _hf_generate(self, ids, softs, max_new: int, temperature: float, seed: int | None, streamer=None):
-        bb = self.backbone
-        embeds, mask = self._embed_rows(ids, softs)
-        kwargs: dict[str, Any] = {"do_sample": temperature > 0}
-        if temperature > 0:
-            kwargs.update(temperature=temperature, top_k=0)
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = bb.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new,
-                                    pad_token_id=bb.tokenizer.pad_token_id, streamer=streamer, **kwargs)
-        return out.cpu().tolist()
 
-    def _predictor_generate(self, served: ServedPrompt, texts, max_tokens, temperature):
-        kwargs = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
-        out = []
-        for t in texts:
-            text = served.predictor.generate(t, max_new_tokens=max_tokens, raw=True, **kwargs)
-            n_prompt = len(self.backbone.tokenize([t])[0])
-            out.append((text, n_prompt, len(self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]),
-                        "length"))
-        return out
+def _labelled(prompt: ServedPrompt, scores: torch.Tensor) -> tuple[str, dict[str, float]]:
+    probs = scores.float().exp()
+    labels = prompt.predictor.labels
+    return labels[int(probs.argmax())], {lab: round(float(p), 6) for lab, p in zip(labels, probs, strict=True)}
 
 
 def _class_logprobs(logits: torch.Tensor, labels: LabelWords, where: dict[int, int]) -> torch.Tensor:
@@ -317,3 +342,85 @@ def _class_logprobs(logits: torch.Tensor, labels: LabelWords, where: dict[int, i
     `backbone.score` does (`_class_scores`), then log-softmax."""
     words = torch.stack([logits[where[w[0]]] for w in labels.flat])
     return torch.log_softmax(_class_scores(words[None], labels)[0], -1)
+
+
+class _Interrupt(StoppingCriteria):
+    """The stopping criterion of a predictor's own `generate` call: stop when the request is no longer
+    wanted or the server closes; between two steps the engine runs one classification batch."""
+
+    def __init__(self, engine: Engine, work: Work):
+        self.engine, self.work = engine, work
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        stop = self.engine._closing.is_set() or not self.work.live
+        self.engine._between_steps()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _RowStopper(StoppingCriteria):
+    """The stopping criterion of one batched `generate` call: row r stops at its own `max_tokens`, at
+    EOS, or when its request is cancelled, out of time or the server closes; a request whose rows have
+    all stopped gets its answer at once (`early`). Between two steps the engine runs one classification batch."""
+
+    def __init__(self, engine: Engine, rows: list[tuple[Work, int]], prompt_lengths: list[int], early: bool = True):
+        self.engine, self.rows, self.prompt_lengths, self.early = engine, rows, prompt_lengths, early
+        self.limits = [w.params["max_tokens"] for w, _ in rows]
+        self.eos = engine.backbone.tokenizer.eos_token_id
+        self.stopped = [False] * len(rows)
+        self.finish_reason = ["length"] * len(rows)
+        self.answered: set[int] = set()  # id() of the works already answered or dropped
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        closing = self.engine._closing.is_set()
+        last = input_ids[:, -1].tolist()
+        for r, (work, _) in enumerate(self.rows):
+            if self.stopped[r]:
+                continue
+            if closing or not work.live:
+                self.stopped[r] = True
+            elif last[r] == self.eos:
+                self.stopped[r], self.finish_reason[r] = True, "stop"
+            elif input_ids.shape[1] >= self.limits[r]:
+                self.stopped[r] = True
+        if self.early:  # a stream answers after `generate`, once its streamer has flushed the last piece
+            self._answer(input_ids)
+        self.engine._between_steps()
+        return torch.tensor(self.stopped, dtype=torch.bool, device=input_ids.device)
+
+    def finish(self, tokens: torch.Tensor) -> None:
+        """After `generate`: answer whatever the criterion has not."""
+        self.stopped = [True] * len(self.rows)
+        self._answer(tokens)
+
+    def _answer(self, tokens: torch.Tensor) -> None:
+        by_work: dict[int, list[int]] = {}
+        for r, (work, _) in enumerate(self.rows):
+            by_work.setdefault(id(work), []).append(r)
+        for rs in by_work.values():
+            work = self.rows[rs[0]][0]
+            if id(work) in self.answered or not all(self.stopped[r] for r in rs):
+                continue
+            self.answered.add(id(work))
+            if not work.live or self.engine._closing.is_set():
+                self.engine._drop(work)
+                continue
+            out = []
+            for r in rs:
+                row = tokens[r, : self.limits[r]].tolist()
+                if self.eos in row:
+                    row = row[: row.index(self.eos)]
+                text = self.engine.backbone.tokenizer.decode(row, skip_special_tokens=True)
+                out.append((text, self.prompt_lengths[r], len(row), self.finish_reason[r]))
+            self.engine.queue.deliver(work, self.rows[rs[0]][1], out)
+
+
+class _TextPieces(TextStreamer):
+    """A streamer that hands each finished piece of text to `on_text` (the HTTP side's queue)."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.on_text(text)

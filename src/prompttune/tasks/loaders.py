@@ -1,5 +1,5 @@
-"""Reading examples from files: JSONL/CSV/TSV by extension, the few line formats of classic
-datasets, Hugging Face datasets and files shipped inside Python packages.
+"""Reading examples from files: JSONL/JSON/CSV/TSV by extension (UTF-8, a byte-order mark allowed),
+the few line formats of classic datasets, Hugging Face datasets and files shipped inside Python packages.
 
 Every record carries its origin (`file:line`) so later errors can point at it.
 """
@@ -20,7 +20,7 @@ Record = tuple[dict[str, str], str]  # (columns, "file:line")
 def _label_text(path: Path) -> list[Record]:
     """`<label> <text>` a line (SST-2 in the few-shot-learning layout)."""
     out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\n")
             if not line.strip():
@@ -46,33 +46,74 @@ def _trec_coarse(path: Path) -> list[Record]:
 LINE_FORMATS: dict[str, Callable[[Path], list[Record]]] = {"label-text": _label_text, "trec-coarse": _trec_coarse}
 
 
+def _row(value: object, where: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: each record must be a JSON object, not {type(value).__name__}")
+    return {k: "" if v is None else str(v) for k, v in value.items()}
+
+
 def _jsonl(path: Path) -> list[Record]:
+    """One JSON object a line; a `.json` file may instead hold one JSON array of objects."""
+    text = _read_text(path)
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        return _json_array(path, text)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: each line must be a JSON object")
-            out.append(({k: "" if v is None else str(v) for k, v in row.items()}, f"{path}:{n}"))
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        out.append((_row(row, f"{path}:{n}"), f"{path}:{n}"))
     return out
+
+
+def _json_array(path: Path, text: str) -> list[Record]:
+    """A file holding one JSON array of objects; each record's origin is the line its object starts on."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(rows, list):  # pragma: no cover (the text starts with "[")
+        raise DataError(f"{path}: expected a JSON array of objects")
+    decoder, pos, out = json.JSONDecoder(), text.index("[") + 1, []
+    for row in rows:  # walk the text again to find where each element starts (rows is already valid)
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        _, end = decoder.raw_decode(text, pos)
+        where = f"{path}:{text.count(chr(10), 0, pos) + 1}"
+        out.append((_row(row, where), where))
+        pos = end
+    return out
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8, with or without a byte-order mark."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason})") from None
 
 
 def _delimited(path: Path, delimiter: str) -> list[Record]:
     out = []
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+    # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         if not reader.fieldnames:
             return []
+        columns = ", ".join(reader.fieldnames)
         for row in reader:
             line = reader.line_num
             if None in row:
-                raise DataError(f"{path}:{line}: more values than header columns ({', '.join(reader.fieldnames)})")
-            out.append(({k: "" if v is None else v for k, v in row.items()}, f"{path}:{line}"))
+                raise DataError(f"{path}:{line}: more values than header columns ({columns})")
+            missing = [k for k, v in row.items() if v is None]  # DictReader fills a short row with None
+            if missing:
+                raise DataError(f"{path}:{line}: a short row, {len(row) - len(missing)} of the header's {len(row)} "
+                                f"columns ({columns}); missing: {', '.join(missing)}")
+            out.append((dict(row), f"{path}:{line}"))
     return out
 
 
@@ -139,4 +180,4 @@ def read_records(spec: str, data_dir: Path | None, fmt: str | None) -> list[Reco
         return _delimited(path, ",")
     if suffix == ".tsv":
         return _delimited(path, "\t")
-    raise DataError(f"{path}: unknown file type '{suffix}' (use .jsonl, .csv or .tsv, or set format:)")
+    raise DataError(f"{path}: unknown file type '{suffix}' (use .jsonl, .json, .csv or .tsv, or set format:)")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, DataError
-from .loaders import read_records
+from .loaders import read_records, resolve_path
 from .spec import TaskSpec, parse_task_yaml, read_task_file
 
 # Held-out test slices (test_fraction) use their own fixed seed, so every run seed sees the same test set.
@@ -30,10 +33,13 @@ class FewShot:
 
 
 class Task:
-    def __init__(self, spec: TaskSpec, splits: dict[str, list[Example]], origin: str):
+    def __init__(self, spec: TaskSpec, splits: dict[str, list[Example]], origin: str,
+                 files: dict[str, Path] | None = None):
         self.spec = spec
         self.splits = splits
         self.origin = origin
+        self.files = files or {}  # data split -> the local file it was read from
+        self._data_identity: dict[str, dict[str, Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -73,6 +79,29 @@ class Task:
         if name not in self.splits:
             raise ConfigError(f"task '{self.name}' has no '{name}' split (it has: {', '.join(self.splits)})")
         return self.splits[name]
+
+    def data_identity(self) -> dict[str, dict[str, Any]]:
+        """Per data split of the task file: its source, and the size and sha256 of its file (of its
+        examples, for hf: sources). Part of a run's fingerprint, so a resumed run notices changed data."""
+        if self._data_identity is None:
+            out: dict[str, dict[str, Any]] = {}
+            for split in ("train", "dev", "test"):
+                source = getattr(self.spec.data, split)
+                if not source:
+                    continue
+                path = self.files.get(split)
+                if path is not None:
+                    h = hashlib.sha256()
+                    with open(path, "rb") as f:
+                        for chunk in iter(lambda: f.read(1 << 20), b""):
+                            h.update(chunk)
+                    out[split] = {"source": source, "size": path.stat().st_size, "sha256": h.hexdigest()}
+                else:  # read through a library: hash what it gave
+                    rows = [[ex.fields, ex.label] for ex in self.splits.get(split, [])]
+                    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+                    out[split] = {"source": source, "examples": len(rows), "sha256": digest}
+            self._data_identity = out
+        return self._data_identity
 
     @property
     def eval_split_name(self) -> str:
@@ -152,13 +181,16 @@ def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
     if root is not None and not root.is_dir():
         raise DataError(f"--data-dir {root} is not a directory")
     splits: dict[str, list[Example]] = {}
+    files: dict[str, Path] = {}
     for split in ("train", "dev", "test"):
         where = getattr(spec.data, split)
         if where:
             splits[split] = _examples(spec, read_records(where, root, spec.format), split)
+            if not where.startswith("hf:"):
+                files[split] = resolve_path(where, root)
     if "test" not in splits and spec.test_fraction:
         pool = list(splits["train"])
         random.Random(HOLDOUT_SEED).shuffle(pool)
         n_test = int(len(pool) * spec.test_fraction)
         splits["test"], splits["train"] = pool[:n_test], pool[n_test:]
-    return Task(spec, splits, origin)
+    return Task(spec, splits, origin, files)
