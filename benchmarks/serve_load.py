@@ -12,15 +12,23 @@ SST-2, a hard prompt picked by `select`). Each client loops until the time is up
   many tokens, empty prompt, huge seed, unknown route, wrong method), which must get a 4xx error in the
   OpenAI shape.
 
+Clients wait a random think time after each well-formed request (a second at most after a malformed
+one, which costs the server nothing), chosen so that the offered work is `--load` (0.6) of what the
+server can do: two warm-up requests measure the seconds per classified row and per generated
+token on this machine, and the mix's mean cost follows. (Without it, 32 clients sending back to back
+queue more work than two CPU cores finish within any request timeout: one 200-row request alone takes
+most of a minute there.) Inputs are SST-2 test sentences cut to `--max-words` words.
+
 Every well-formed answer is checked (status 200, one result per input, streams ending in [DONE]).
 It prints requests/s, p50/p95/p99 latency per kind, and errors by kind; the last line is
 
     serve_load clients=<n> requests=<r> ok=<o> errors=<e> p95_ms=<p> max_rss_mb=<m>
 
-where `errors` counts failures of well-formed requests only (it must be 0), p95 is over the
+where `errors` counts failures of well-formed requests only (it must be 0), `ok` counts the answers
+that were right (malformed requests included, when refused as they should be), p95 is over the
 well-formed requests, and max_rss_mb is the server process's peak resident memory.
 
-    python benchmarks/serve_load.py --data-dir ../shared/data            # 32 clients, 60 s
+    python benchmarks/serve_load.py --data-dir ../shared/data            # 32 clients, 120 s
 """
 
 from __future__ import annotations
@@ -89,64 +97,75 @@ def request(port: int, method: str, path: str, body, timeout: float) -> tuple[in
 
 
 class Client:
-    """One client: a loop of random requests until `deadline`; every outcome goes to `record`."""
+    """One client: plans random requests (`plan`) and sends them until `deadline`, waiting a random think
+    time (mean `think`) before each; every outcome goes to `record`."""
 
     def __init__(self, port: int, rng: random.Random, sentences: list[str], backbone: str, artifacts: list[str],
-                 malformed_share: float, timeout: float, record):
+                 malformed_share: float, timeout: float, record=None):
         self.port, self.rng, self.sentences, self.backbone = port, rng, sentences, backbone
         self.artifacts, self.malformed_share, self.timeout, self.record = artifacts, malformed_share, timeout, record
 
-    def run(self, deadline: float) -> None:
+    def plan(self) -> tuple[str, bool, str, str, object, tuple[float, float], object]:
+        """(kind, well_formed, method, path, body, cost, check): cost = (classify rows, generated tokens)."""
+        rng = self.rng
+        if rng.random() < self.malformed_share:
+            kind = rng.choice(sorted(MALFORMED))
+            method, path, body = MALFORMED[kind]
+            if isinstance(body, dict):
+                body = json.loads(json.dumps(body).replace('"BACKBONE"', json.dumps(self.backbone)))
+            return f"malformed:{kind}", False, method, path, body, (0, 0), _expect_client_error
+        kind = rng.choices(["classify", "completion", "chat", "stream"], [0.55, 0.2, 0.1, 0.15])[0]
+        if kind == "classify":
+            rows = max(1, min(200, round(math.exp(rng.uniform(0, math.log(200))))))  # log-uniform 1-200
+            model = rng.choice(self.artifacts)
+            inputs = ["Who wrote Hamlet?" if model == "zs-trec" else rng.choice(self.sentences) for _ in range(rows)]
+            return (f"classify_{'big' if rows > 64 else 'small'}", True, "POST", "/v1/classify",
+                    {"model": model, "input": inputs}, (rows, 0),
+                    lambda s, raw: _expect_ok(s, raw, lambda a: len(a["data"]) == rows))
+        if kind == "completion":
+            prompts, n, tokens = rng.randint(1, 2), rng.randint(1, 2), rng.randint(4, 12)
+            body = {"model": rng.choice([self.backbone, "zs-sst2", "soft-sst2"]), "n": n, "max_tokens": tokens,
+                    "prompt": [rng.choice(self.sentences) for _ in range(prompts)],
+                    "temperature": rng.choice([0.0, 0.8])}
+            return ("completion", True, "POST", "/v1/completions", body, (0, tokens * (1 + 0.25 * (prompts * n - 1))),
+                    lambda s, raw: _expect_ok(s, raw, lambda a: len(a["choices"]) == prompts * n))
+        if kind == "chat":
+            body = {"model": self.backbone, "messages": [{"role": "user", "content": "Name a colour."}],
+                    "max_tokens": 8, "temperature": 0}
+            return ("chat", True, "POST", "/v1/chat/completions", body, (0, 12),
+                    lambda s, raw: _expect_ok(s, raw, lambda a: len(a["choices"]) == 1))
+        body = {"model": rng.choice([self.backbone, "soft-sst2"]), "prompt": rng.choice(self.sentences),
+                "max_tokens": 16, "stream": True, **({"stop": ["."]} if rng.random() < 0.5 else {})}
+        return "stream", True, "POST", "/v1/completions", body, (0, 16), _check_stream
+
+    def run(self, deadline: float, think: float) -> None:
+        time.sleep(self.rng.uniform(0, min(think, max(0.0, deadline - time.monotonic()))))
         while time.monotonic() < deadline:
-            if self.rng.random() < self.malformed_share:
-                self.malformed(self.rng.choice(sorted(MALFORMED)))
-            else:
-                self.rng.choices([self.classify, self.complete, self.chat, self.stream], [0.55, 0.2, 0.1, 0.15])[0]()
+            kind, well_formed, method, path, body, _, check = self.plan()
+            start = time.monotonic()
+            try:
+                status, raw = request(self.port, method, path, body, self.timeout)
+                problem = check(status, raw)
+            except (OSError, http.client.HTTPException) as exc:
+                problem = type(exc).__name__
+            self.record(kind, well_formed, time.monotonic() - start, problem)
+            pause = self.rng.expovariate(1 / think) if think and well_formed else self.rng.uniform(0, 1)
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # a malformed one costs the server nothing
 
-    def timed(self, kind: str, well_formed: bool, send, check) -> None:
-        start = time.monotonic()
-        try:
-            status, raw = send()
-            problem = check(status, raw)
-        except (OSError, http.client.HTTPException) as exc:
-            problem = type(exc).__name__
-        self.record(kind, well_formed, time.monotonic() - start, problem)
 
-    def classify(self) -> None:
-        rows = max(1, min(200, round(math.exp(self.rng.uniform(0, math.log(200))))))
-        model = self.rng.choice(self.artifacts)
-        inputs = ["Who wrote Hamlet?" if model == "zs-trec" else self.rng.choice(self.sentences)
-                  for _ in range(rows)]
-        self.timed(f"classify_{'big' if rows > 64 else 'small'}", True,
-                   lambda: request(self.port, "POST", "/v1/classify", {"model": model, "input": inputs}, self.timeout),
-                   lambda s, raw: _expect_ok(s, raw, lambda a: len(a["data"]) == rows))
-
-    def complete(self) -> None:
-        prompts, n = self.rng.randint(1, 2), self.rng.randint(1, 2)
-        model = self.rng.choice([self.backbone, "zs-sst2", "soft-sst2"])
-        body = {"model": model, "prompt": [self.rng.choice(self.sentences) for _ in range(prompts)], "n": n,
-                "max_tokens": self.rng.randint(4, 12), "temperature": self.rng.choice([0.0, 0.8])}
-        self.timed("completion", True, lambda: request(self.port, "POST", "/v1/completions", body, self.timeout),
-                   lambda s, raw: _expect_ok(s, raw, lambda a: len(a["choices"]) == prompts * n))
-
-    def chat(self) -> None:
-        body = {"model": self.backbone, "messages": [{"role": "user", "content": "Name a colour."}],
-                "max_tokens": 8, "temperature": 0}
-        self.timed("chat", True, lambda: request(self.port, "POST", "/v1/chat/completions", body, self.timeout),
-                   lambda s, raw: _expect_ok(s, raw, lambda a: len(a["choices"]) == 1))
-
-    def stream(self) -> None:
-        body = {"model": self.rng.choice([self.backbone, "soft-sst2"]), "prompt": self.rng.choice(self.sentences),
-                "max_tokens": 16, "stream": True, **({"stop": ["."]} if self.rng.random() < 0.5 else {})}
-        self.timed("stream", True, lambda: request(self.port, "POST", "/v1/completions", body, self.timeout),
-                   _check_stream)
-
-    def malformed(self, kind: str) -> None:
-        method, path, body = MALFORMED[kind]
-        if isinstance(body, dict):
-            body = json.loads(json.dumps(body).replace('"BACKBONE"', json.dumps(self.backbone)))
-        self.timed(f"malformed:{kind}", False, lambda: request(self.port, method, path, body, self.timeout),
-                   _expect_client_error)
+def calibrate(port: int, sentences: list[str], backbone: str, timeout: float) -> tuple[float, float]:
+    """Seconds per classified row and per generated token on this machine (after a warm-up of each)."""
+    request(port, "POST", "/v1/classify", {"model": "zs-sst2", "input": sentences[:4]}, timeout)
+    request(port, "POST", "/v1/completions", {"model": backbone, "prompt": sentences[0], "max_tokens": 2}, timeout)
+    start = time.monotonic()
+    status, _ = request(port, "POST", "/v1/classify", {"model": "zs-sst2", "input": sentences[:16]}, timeout)
+    per_row = (time.monotonic() - start) / 16
+    start = time.monotonic()
+    status2, _ = request(port, "POST", "/v1/completions", {"model": backbone, "prompt": sentences[0], "max_tokens": 8,
+                                                           "temperature": 0}, timeout)
+    if status != 200 or status2 != 200:
+        raise SystemExit(f"calibration requests failed ({status}, {status2})")
+    return per_row, (time.monotonic() - start) / 8
 
 
 def _expect_ok(status: int, raw: bytes, valid) -> str | None:
@@ -199,22 +218,35 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-serve-load"))
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
-    parser.add_argument("--malformed", type=float, default=0.1, help="share of malformed requests")
-    parser.add_argument("--request-timeout", type=float, default=60.0, help="the server's --request-timeout")
+    parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
+    parser.add_argument("--load", type=float, default=0.6, help="offered work as a share of the measured capacity "
+                        "(sets the clients' think time); above 1 the queue grows until requests time out")
+    parser.add_argument("--malformed", type=float, default=0.25, help="share of malformed requests")
+    parser.add_argument("--max-words", type=int, default=10, help="inputs: SST-2 test sentences cut to this many words")
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="the server's --request-timeout")
+    parser.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch (on a CPU, larger "
+                        "batches save nothing and make small requests wait longer)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     specs = make_artifacts(args.model, args.data_dir, args.work)
-    sentences = [line.split(" ", 1)[1].strip() for line in
+    names = [s.split("=")[0] for s in specs]
+    sentences = [" ".join(line.split(" ", 1)[1].split()[: args.max_words]) for line in
                  (args.data_dir / "sst2" / "stsa.binary.test").read_text().splitlines()[:500]]
     port = free_port()
     command = [sys.executable, "-c", "from prompttune.cli import app; app()", "serve", *specs, "--model", args.model,
-               "--port", str(port), "--device", "cpu", "--request-timeout", str(args.request_timeout)]
+               "--port", str(port), "--device", "cpu", "--request-timeout", str(args.request_timeout),
+               "--max-batch", str(args.max_batch)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    lock, outcomes = threading.Lock(), []
+
+    def record(kind: str, well_formed: bool, seconds: float, problem: str | None) -> None:
+        with lock:
+            outcomes.append((kind, well_formed, seconds, problem))
+
     try:
         started = time.monotonic()
-        while True:  # bounded: the model loads in well under two minutes
+        while True:  # bounded: the model loads in well under three minutes
             if server.poll() is not None or time.monotonic() - started > 180:
                 raise SystemExit(f"the server did not start (exit status {server.poll()})")
             try:
@@ -224,23 +256,26 @@ def main() -> int:
                     break
             except OSError:
                 time.sleep(0.5)
+        timeout = args.request_timeout + 30
+        per_row, per_token = calibrate(port, sentences, backbone, timeout)
+        sampler = Client(port, random.Random(args.seed - 1), sentences, backbone, names, args.malformed, timeout)
+        costs = [rows * per_row + tokens * per_token for _, well_formed, *_, (rows, tokens), _ in
+                 (sampler.plan() for _ in range(5000)) if well_formed]
+        mean_cost = sum(costs) / len(costs)
+        think = max(0.0, args.clients * mean_cost / args.load - mean_cost)
+        print(f"calibration: {per_row * 1000:.0f} ms per classified row, {per_token * 1000:.0f} ms per generated "
+              f"token; a well-formed request costs {mean_cost:.2f} s on average, so {args.clients} clients at load "
+              f"{args.load:g} think {think:.1f} s on average after one", flush=True)
 
-        lock, outcomes = threading.Lock(), []
-
-        def record(kind: str, well_formed: bool, seconds: float, problem: str | None) -> None:
-            with lock:
-                outcomes.append((kind, well_formed, seconds, problem))
-
-        names = [s.split("=")[0] for s in specs]
         deadline = time.monotonic() + args.duration
         clients = [Client(port, random.Random(args.seed * 1000 + i), sentences, backbone, names, args.malformed,
-                          args.request_timeout + 30, record) for i in range(args.clients)]
-        threads = [threading.Thread(target=c.run, args=(deadline,), daemon=True) for c in clients]
+                          timeout, record) for i in range(args.clients)]
+        threads = [threading.Thread(target=c.run, args=(deadline, think), daemon=True) for c in clients]
         start = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:  # each finishes its last request within the client timeout
-            t.join(timeout=args.duration + args.request_timeout + 60)
+            t.join(timeout=args.duration + timeout + 30)
         wall = time.monotonic() - start
         rss = peak_rss_mb(server.pid)
     finally:
@@ -249,11 +284,13 @@ def main() -> int:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+    with lock:
+        outcomes = list(outcomes)
 
     by_kind: dict[str, list] = defaultdict(list)
     for o in outcomes:
         by_kind[o[0].split(":")[0]].append(o)
-    print(f"\n{len(outcomes)} requests from {args.clients} clients in {wall:.0f} s ({len(outcomes) / wall:.1f} "
+    print(f"\n{len(outcomes)} requests from {args.clients} clients in {wall:.0f} s ({len(outcomes) / wall:.2f} "
           f"requests/s), {args.model} on the CPU, {len(names)} artifacts\n")
     print("| kind | requests | failed | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|")

@@ -29,13 +29,26 @@ def test_schema_from_the_issue_works_as_written(tmp_path, data_dir):
     assert task.render(ex).endswith("True or False?\nAnswer:") and ex.label == "not_entailment"
 
 
-@pytest.mark.parametrize("name,classes", [("sst2", 2), ("trec", 6), ("rte", 2), ("agnews", 4), ("tweets", 3)])
+@pytest.mark.parametrize("name,classes", [("sst2", 2), ("trec", 6), ("rte", 2), ("agnews", 4), ("tweets", 3),
+                                                ("tweets-polarity", 2)])
 def test_builtin_tasks_load(name, classes, data_dir):
     assert name in builtin_tasks()
     task = load_task(name, data_dir)
     assert len(task.labels) == classes
     assert task.eval_split_name in task.splits
     assert all(ex.label in task.labels for ex in task.split("train")[:200])
+
+
+def test_skip_labels_leave_rows_out_and_may_not_be_verbalized(tmp_path):
+    """tweets-polarity is the 3-class tweets corpus with its neutral rows left out, not an error."""
+    polar, full = load_task("tweets-polarity", None), load_task("tweets", None)
+    assert len(polar.split("train")) + len(polar.split("test")) == sum(
+        ex.label != "neutral" for split in ("train", "test") for ex in full.split(split))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('name: x\ndata: {train: a.csv}\ntemplate: "{t}"\nverbalizer: {a: " a", b: " b"}\n'
+                   "skip_labels: [a]\n")
+    with pytest.raises(ConfigError, match="skip_labels.*lists a, which the verbalizer also has"):
+        load_task(str(bad), None)
 
 
 def test_few_shot_is_seeded_per_class_and_disjoint(sst2, data_dir):

@@ -19,6 +19,7 @@ from .artifact import (
     RUN_JSON,
     backbone_meta,
     check_backbone,
+    check_tensors,
     foreign_entries,
     is_run_dir,
     load,
@@ -288,6 +289,7 @@ def evaluate_artifact(
     examples = held_out(task_obj, split_name, used, limit)
     backbone = _backbone(model or meta["backbone"]["id"], device, dtype)
     check_backbone(meta, backbone, f"artifact {path}")
+    check_tensors(meta, tensors, backbone, f"artifact {path}")
     prompt = prompt_from_tensors(meta["prompt_kind"], tensors, backbone.device, meta.get("text_prompt"))
     result = evaluate(backbone, task_obj, examples, prompt)
     result.split = split_name

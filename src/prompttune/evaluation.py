@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +43,7 @@ class EvalResult:
     predictions: list[int] = field(default_factory=list, repr=False)
     split: str | None = None  # set by `evaluate_artifact`: the split scored ...
     excluded: int = 0  # ... and how many of its examples were left out as used in training or selection
+    majority: float = 0.0  # the share of the most frequent gold label: what always answering it would score
 
     @property
     def examples_per_s(self) -> float:
@@ -49,7 +51,7 @@ class EvalResult:
 
     def as_dict(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss, "n": self.n,
-                "examples_per_s": self.examples_per_s}
+                "majority": self.majority, "examples_per_s": self.examples_per_s}
 
 
 def classification_loss(
@@ -83,6 +85,7 @@ def result_from_scores(scores: list[torch.Tensor], golds: torch.Tensor, num_clas
     return EvalResult(
         accuracy=accuracy(preds, gold_list), macro_f1=macro_f1(preds, gold_list, num_classes),
         loss=total_loss / max(len(gold_list), 1), n=len(gold_list), seconds=seconds, predictions=preds,
+        majority=max(Counter(gold_list).values(), default=0) / max(len(gold_list), 1),
     )
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from ..errors import ModelError
+from .attention import cache_kwarg
 from .causal_lm import LabelWords, tokenize_label_words
 from .loading import weight_fingerprint
 
@@ -86,7 +87,7 @@ class EncoderBackbone:
             data = [(k.to(self.device, self.dtype)[None].expand(batch, -1, -1, -1),
                      v.to(self.device, self.dtype)[None].expand(batch, -1, -1, -1)) for k, v in prefix]
             n_prefix = data[0][0].shape[2]
-            kwargs["past_key_values"] = DynamicCache(ddp_cache_data=data, config=self.model.config)
+            kwargs[cache_kwarg(self.model)] = DynamicCache(ddp_cache_data=data, config=self.model.config)
             kwargs["position_ids"] = torch.arange(longest, device=self.device)[None].expand(batch, -1)
             attn = torch.cat([torch.ones(batch, n_prefix, dtype=torch.long, device=self.device), mask], 1)
         else:

@@ -2,6 +2,9 @@
 
 GGUF checkpoints are dequantised by transformers, which takes tens of seconds; we do that once and
 keep a safetensors copy under the user's cache dir, so every later load takes about a second.
+
+`weight_fingerprint` identifies a backbone's weights for artifacts: a hash of every byte, computed
+once per weight file and cached by the file's size and mtime (see its docstring).
 """
 
 from __future__ import annotations
@@ -293,11 +296,26 @@ def _file_digests(files: list[Path]) -> dict[Path, str]:
     if fresh:
         from ..utils.io import atomic_write_json
 
+        folder = str(files[0].parent.resolve())
         try:
-            atomic_write_json(cache_path, {"version": FINGERPRINT_VERSION, "files": entries})
+            atomic_write_json(cache_path, {"version": FINGERPRINT_VERSION, "folder": folder, "files": entries})
+            _forget_vanished(cache_path.parent)
         except OSError as exc:  # a read-only cache costs time, not correctness
             log.debug("could not cache the weight fingerprint at %s: %s", cache_path, exc)
     return out
+
+
+def _forget_vanished(root: Path) -> None:
+    """Drop central cache entries of model directories that no longer exist (e.g. tests' temp models)."""
+    if root.name != "fingerprints":
+        return
+    for entry in root.glob("*.json"):
+        try:
+            folder = json.loads(entry.read_text(encoding="utf-8")).get("folder")
+            if folder and not Path(folder).exists():
+                entry.unlink()
+        except (OSError, ValueError, AttributeError):
+            continue
 
 
 def _safetensors_digest(path: Path) -> str:

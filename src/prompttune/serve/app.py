@@ -109,6 +109,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="prompttune serve", version="1")
@@ -288,7 +289,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
                                               timeout=request_timeout))
         future.add_done_callback(lambda f: put(("end", f)))
         return StreamingResponse(_sse(queue, future, piece, _stops(stop), request_timeout),
-                                 media_type="text/event-stream")
+                                 media_type="text/event-stream",
+                                 background=BackgroundTask(future.cancel))  # also if the client left before it began
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: Request):

@@ -169,14 +169,11 @@ class Engine:
 
     # ------------------------------------------------------------------ worker
     def _loop(self) -> None:
-        idle = True
         while not self._closing.is_set():
             if not self.queue.wait(timeout=0.5):
-                idle = True
                 continue
-            if idle and self.batch_wait:  # let the requests that arrive together share the first batch
+            if self.batch_wait and len(self.queue) == 1:  # a lone request: let those sent with it join it
                 time.sleep(self.batch_wait)
-            idle = False
             batch = self.queue.take(lambda key: OWN_GENERATE_ROWS if key[0] == "generate-own" else self.max_batch)
             if batch is not None:
                 self._run(*batch)
@@ -243,8 +240,9 @@ class Engine:
         a group of its own, with a streamer."""
         rows, ids, softs = [], [], []
         for work, a, b in parts:
-            tokens = self.backbone.tokenize(list(work.rows[a:b]))
             soft = work.params["prompt"].soft
+            reserve = (0 if soft is None else soft.shape[0]) + work.params["max_tokens"]  # fits the context
+            tokens = self.backbone.tokenize(list(work.rows[a:b]), reserve)
             if any(not x for x in tokens) and soft is None:
                 self.queue.fail(work, ConfigError("prompt: nothing to continue (the text is empty after "
                                                   "tokenization)"))

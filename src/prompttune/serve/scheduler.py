@@ -149,6 +149,11 @@ class FairQueue:
         for w in works:
             self.fail(w, exc)
 
+    def __len__(self) -> int:
+        """Requests queued (with rows not yet handed to the worker)."""
+        with self._cond:
+            return sum(len(ws) for ws in self._groups.values())
+
     @property
     def pending(self) -> int:
         """Summed weight of the works queued or running."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ..errors import ConfigError
 
@@ -37,6 +37,9 @@ class TaskSpec(BaseModel):
     test_fraction: float | None = Field(
         default=None, gt=0, lt=1, description="with no test file: hold out this seeded share of train as test"
     )
+    skip_labels: list[str] = Field(
+        default_factory=list, description="rows with these labels are left out (a 3-class corpus as a 2-class task)"
+    )
 
     @field_validator("verbalizer", mode="before")
     @classmethod
@@ -44,6 +47,19 @@ class TaskSpec(BaseModel):
         # YAML reads `0: " negative"` with an int key; data labels are compared as strings.
         if isinstance(value, dict):
             return {str(k): v for k, v in value.items()}
+        return value
+
+    @field_validator("skip_labels", mode="before")
+    @classmethod
+    def _skipped_as_strings(cls, value: Any) -> Any:
+        return [str(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("skip_labels")
+    @classmethod
+    def _skipped_not_verbalized(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        both = sorted(set(value) & set(info.data.get("verbalizer") or {}))
+        if both:
+            raise ValueError(f"lists {', '.join(both)}, which the verbalizer also has")
         return value
 
     @field_validator("verbalizer")

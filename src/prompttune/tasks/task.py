@@ -133,7 +133,7 @@ def _draw(pool: dict[str, list[Example]], k: int, rng: random.Random, what: str,
 
 
 def _examples(spec: TaskSpec, records, split: str) -> list[Example]:
-    labels = set(spec.verbalizer)
+    labels, skipped = set(spec.verbalizer), set(spec.skip_labels)
     label_col = spec.label_column
     needed = {f: spec.column_for(f) for f in spec.input_fields}
     out = []
@@ -147,6 +147,8 @@ def _examples(spec: TaskSpec, records, split: str) -> list[Example]:
         if label_col not in cols:
             raise DataError(f"{origin}: no label column '{label_col}' (columns: {', '.join(cols)})")
         label = str(cols[label_col]).strip()
+        if label in skipped:
+            continue
         if label not in labels:
             raise DataError(
                 f"{origin}: label '{label}' is not in the verbalizer (labels: {', '.join(spec.verbalizer)})"
