@@ -14,10 +14,13 @@ SST-2, a hard prompt picked by `select`). Each client loops until the time is up
 
 Clients wait a random think time after each well-formed request (a second at most after a malformed
 one, which costs the server nothing), chosen so that the offered work is `--load` (0.6) of what the
-server can do: two warm-up requests measure the seconds per classified row and per generated
-token on this machine, and the mix's mean cost follows. (Without it, 32 clients sending back to back
-queue more work than two CPU cores finish within any request timeout: one 200-row request alone takes
-most of a minute there.) Inputs are SST-2 test sentences cut to `--max-words` words.
+server can do: warm-up requests measure the seconds per classified row and per generated token on
+this machine, and the mix's mean cost follows; while answers come back slower than that predicts (a
+shared machine got busier), the clients stretch their think time, as real clients back off. Without
+it, 32 clients sending back to back queue more work than two CPU cores finish within any request
+timeout (one 200-row request alone can take most of a minute there). Inputs are SST-2 test sentences
+cut to `--max-words` words; the server runs with `--max-batch 16` (on a CPU, larger batches save
+nothing and make a small request wait for a bigger batch).
 
 Every well-formed answer is checked (status 200, one result per input, streams ending in [DONE]).
 It prints requests/s, p50/p95/p99 latency per kind, and errors by kind; the last line is
@@ -138,34 +141,61 @@ class Client:
                 "max_tokens": 16, "stream": True, **({"stop": ["."]} if rng.random() < 0.5 else {})}
         return "stream", True, "POST", "/v1/completions", body, (0, 16), _check_stream
 
-    def run(self, deadline: float, think: float) -> None:
-        time.sleep(self.rng.uniform(0, min(think, max(0.0, deadline - time.monotonic()))))
+    def run(self, deadline: float, pacer: Pacer) -> None:
+        time.sleep(self.rng.uniform(0, min(pacer.think, max(0.0, deadline - time.monotonic()))))
         while time.monotonic() < deadline:
-            kind, well_formed, method, path, body, _, check = self.plan()
+            kind, well_formed, method, path, body, cost, check = self.plan()
             start = time.monotonic()
             try:
                 status, raw = request(self.port, method, path, body, self.timeout)
                 problem = check(status, raw)
             except (OSError, http.client.HTTPException) as exc:
                 problem = type(exc).__name__
-            self.record(kind, well_formed, time.monotonic() - start, problem)
-            pause = self.rng.expovariate(1 / think) if think and well_formed else self.rng.uniform(0, 1)
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))  # a malformed one costs the server nothing
+            seconds = time.monotonic() - start
+            self.record(kind, well_formed, seconds, problem)
+            if well_formed:
+                pacer.observe(cost, seconds)
+            pause = pacer.pause(self.rng) if well_formed else self.rng.uniform(0, 1)  # malformed: costs nothing
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+
+
+class Pacer:
+    """The clients' think time: mean `think` from the calibration, stretched while answers come back slower
+    than the calibration predicts at this load (the machine got busier, the queue grew), so that clients
+    back off as real ones would, instead of queueing work no request timeout can cover."""
+
+    def __init__(self, think: float, per_row: float, per_token: float, load: float):
+        self.think, self.per_row, self.per_token = think, per_row, per_token
+        self.expected = 1 / max(0.05, 1 - min(load, 0.95))  # answer time over work, processor sharing at `load`
+        self.slowdown = 1.0
+        self.lock = threading.Lock()
+
+    def observe(self, cost: tuple[float, float], seconds: float) -> None:
+        predicted = max(0.05, cost[0] * self.per_row + cost[1] * self.per_token) * self.expected
+        with self.lock:
+            self.slowdown = min(50.0, max(1.0, 0.7 * self.slowdown + 0.3 * seconds / predicted))
+
+    def pause(self, rng: random.Random) -> float:
+        return rng.expovariate(1 / self.think) * self.slowdown if self.think else 0.0
 
 
 def calibrate(port: int, sentences: list[str], backbone: str, timeout: float) -> tuple[float, float]:
-    """Seconds per classified row and per generated token on this machine (after a warm-up of each)."""
+    """Seconds per classified row and per generated token on this machine: after a warm-up, the slower
+    of two measurements of each."""
     request(port, "POST", "/v1/classify", {"model": "zs-sst2", "input": sentences[:4]}, timeout)
     request(port, "POST", "/v1/completions", {"model": backbone, "prompt": sentences[0], "max_tokens": 2}, timeout)
-    start = time.monotonic()
-    status, _ = request(port, "POST", "/v1/classify", {"model": "zs-sst2", "input": sentences[:16]}, timeout)
-    per_row = (time.monotonic() - start) / 16
-    start = time.monotonic()
-    status2, _ = request(port, "POST", "/v1/completions", {"model": backbone, "prompt": sentences[0], "max_tokens": 8,
-                                                           "temperature": 0}, timeout)
-    if status != 200 or status2 != 200:
-        raise SystemExit(f"calibration requests failed ({status}, {status2})")
-    return per_row, (time.monotonic() - start) / 8
+    per_row = per_token = 0.0
+    for _ in range(2):
+        start = time.monotonic()
+        status, _ = request(port, "POST", "/v1/classify", {"model": "zs-sst2", "input": sentences[:16]}, timeout)
+        per_row = max(per_row, (time.monotonic() - start) / 16)
+        start = time.monotonic()
+        status2, _ = request(port, "POST", "/v1/completions", {"model": backbone, "prompt": sentences[0],
+                                                               "max_tokens": 8, "temperature": 0}, timeout)
+        per_token = max(per_token, (time.monotonic() - start) / 8)
+        if status != 200 or status2 != 200:
+            raise SystemExit(f"calibration requests failed ({status}, {status2})")
+    return per_row, per_token
 
 
 def _expect_ok(status: int, raw: bytes, valid) -> str | None:
@@ -270,7 +300,8 @@ def main() -> int:
         deadline = time.monotonic() + args.duration
         clients = [Client(port, random.Random(args.seed * 1000 + i), sentences, backbone, names, args.malformed,
                           timeout, record) for i in range(args.clients)]
-        threads = [threading.Thread(target=c.run, args=(deadline, think), daemon=True) for c in clients]
+        pacer = Pacer(think, per_row, per_token, args.load)
+        threads = [threading.Thread(target=c.run, args=(deadline, pacer), daemon=True) for c in clients]
         start = time.monotonic()
         for t in threads:
             t.start()
@@ -278,6 +309,7 @@ def main() -> int:
             t.join(timeout=args.duration + timeout + 30)
         wall = time.monotonic() - start
         rss = peak_rss_mb(server.pid)
+        print(f"clients' back-off at the end: think time x{pacer.slowdown:.1f}", flush=True)
     finally:
         server.terminate()
         try:

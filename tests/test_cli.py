@@ -162,3 +162,15 @@ def test_decode_shows_nearest_tokens(trained):
     assert result.exit_code == 0, result.output
     assert "nearest tokens of 20 prompt vectors" in result.output
     assert result.output.count("(") >= 40  # two tokens with their cosine for each of the 20 vectors
+
+
+def test_demo_prints_the_majority_rate_beside_both_accuracies(tmp_path):
+    """What `make demo` runs, on a small budget: the learning itself is measured in the closing notes and the
+    soft-method learning tests; here the table and the machine-readable last line."""
+    out = tmp_path / "demo"
+    result = run("demo", "--shots", 2, "--steps", 2, "--eval-limit", 20, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "always the majority class" in result.output and "FutureWarning" not in result.output
+    last = dict(kv.split("=", 1) for kv in result.output.strip().splitlines()[-1].split())
+    assert set(last) == {"majority_acc", "zero_shot_acc", "prompt_tuning_acc", "artifact"}
+    assert 0.5 <= float(last["majority_acc"]) <= 1 and (out / "prompt.json").exists()

@@ -179,9 +179,13 @@ def test_generation_is_capped_per_request_split_into_batches_and_shared(tiny, ar
             done[name] = time.monotonic() if status == 200 else float("nan")
 
         with ThreadPoolExecutor(3) as pool:
+            passes = engine.stats["forward_passes"]
             big = pool.submit(timed, "big", "/v1/completions", {"model": backbone, "prompt": ["x", "y", "z"],
-                                                               "n": 16, "max_tokens": 60, "temperature": 0})
-            time.sleep(0.3)
+                                                               "n": 16, "max_tokens": 100, "temperature": 0})
+            deadline = time.monotonic() + 30
+            while engine.stats["forward_passes"] == passes:  # its first batch of three has started
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
             small = pool.submit(timed, "small", "/v1/completions", {"model": backbone, "prompt": "hi", "max_tokens": 2})
             classify = pool.submit(timed, "classify", "/v1/classify", {"model": "zs", "input": ["a fine film"]})
             for f in (big, small, classify):
