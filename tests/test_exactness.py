@@ -8,6 +8,7 @@ packed mask can describe: the padded path) and a GPT-2 with 128 positions.
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 
 import pytest
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 import prompttune
 from prompttune.cli import app
+from prompttune.errors import DataError
 from prompttune.models import load_backbone
 from prompttune.prompts.hard import HardPrompt
 from prompttune.search.engine import CandidateScorer
@@ -235,3 +237,40 @@ def test_eval_leaves_out_what_training_drew_and_equals_the_train_time_figures(ti
     assert cli.exit_code == 0, cli.output
     assert "split 'dev': 8 examples left out as used in training or selection" in cli.output
     assert f"accuracy={full.accuracy:.4f} macro_f1={full.macro_f1:.4f}" in cli.output.splitlines()[-1]
+
+
+def test_eval_refuses_an_artifact_whose_training_data_changed(tiny_llama_dir, tmp_path):
+    """Same number of rows per label, other text: the draw is by position, so what training used cannot be told."""
+    rows = [{"text": f"review number {i}", "label": str(i % 2)} for i in range(12)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    task = tmp_path / "toy.yaml"
+    task.write_text(f"name: toy\ndata: {{train: {tmp_path / 'train.jsonl'}, test: {tmp_path / 'test.jsonl'}}}\n"
+                    "template: \"{text} It was\"\nverbalizer: {'0': ' bad', '1': ' good'}\n")
+    bb = load_backbone(str(tiny_llama_dir), device="cpu")
+    out = tmp_path / "zs"
+    prompttune.train("zero-shot", bb, str(task), shots=2, seed=0, out=out, progress=False)
+    assert prompttune.evaluate_artifact(out, model=bb).excluded == 0  # test rows are not train rows
+    train = tmp_path / "train.jsonl"
+    train.write_text(train.read_text().replace("review number 5", "review number 7"))  # same size, same labels
+    with pytest.raises(DataError, match=r"changed since training \(the train data \(.*train.jsonl\) changed\)"):
+        prompttune.evaluate_artifact(out, model=bb)
+
+
+def test_the_truncation_count_is_bounded_and_counts_every_batch(tiny):
+    """A server cuts inputs for as long as it runs: the count goes on, the memory of recent cuts does not grow."""
+    from prompttune.models import CausalLMBackbone
+    from prompttune.models.context import _RECENT_CUTS
+
+    base = tiny("gpt2")
+    bb = CausalLMBackbone(base.model, base.tokenizer, "gpt2-server", base.device, base.dtype)
+    batches = [[[7] * 200 + [b, i // 100, i % 100] for i in range(1000)] for b in range(5)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for batch in batches:
+            bb.fit(batch)
+        bb.fit(batches[-1])  # cut again just now: not counted twice
+    cuts = [str(w.message) for w in caught if "longer than" in str(w.message)]
+    assert len(cuts) == 1 and cuts[0].startswith("1000 of 1000 inputs"), cuts
+    assert bb.truncated_inputs == 5000
+    assert len(bb._recent_cuts) == _RECENT_CUTS < 5000

@@ -11,9 +11,12 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import prompttune
@@ -82,6 +85,22 @@ def test_resume_restores_optimizer_state_onto_the_right_parameters(tmp_path):
     resumed, _ = _fit(tmp_path / "cut", resume=True)
     assert torch.equal(resumed.used, whole.used)
     assert torch.equal(resumed.unused, torch.zeros(3))
+
+
+def test_a_checkpoint_of_an_older_version_says_so(tmp_path):
+    """Older versions stored the optimizer state by position (and computed the run fingerprint otherwise): resuming
+    one must say it is from an older prompttune, not that it belongs to a different run."""
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, steps_before_crash=5)
+    (path,) = tmp_path.glob("checkpoint*.safetensors")
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["prompttune"])
+    meta["optim_keys"] = [sorted(keys) for keys in meta.pop("optim_state").values()]
+    meta["fingerprint"] = "0123456789abcdef"
+    save_file(tensors, str(path), metadata={"prompttune": json.dumps(meta)})
+    with pytest.raises(ArtifactError, match=r"written by an older prompttune .*use --overwrite"):
+        _fit(tmp_path, resume=True)
 
 
 # --------------------------------------------------------------------------- item 14: the weight fingerprint
@@ -193,15 +212,102 @@ def test_artifact_is_swapped_in_whole(tiny, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temporary directory left behind
 
 
-def test_artifact_files_follow_the_umask(tiny, tmp_path):
-    previous = os.umask(0o022)
+@pytest.mark.parametrize("umask, dir_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)],
+                         ids=["022", "027"])
+def test_artifact_files_follow_the_umask(tiny, tmp_path, umask, dir_mode, file_mode):
+    previous = os.umask(umask)
     try:
         _soft_artifact(tmp_path / "art", tiny, torch.zeros(2, tiny.hidden_size))
+        _soft_artifact(tmp_path / "art", tiny, torch.ones(2, tiny.hidden_size))  # and when replaced
     finally:
         os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "art").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "art").stat().st_mode) == dir_mode
     for name in (ARTIFACT_JSON, ARTIFACT_TENSORS):
-        assert stat.S_IMODE((tmp_path / "art" / name).stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "art" / name).stat().st_mode) == file_mode
+
+
+def test_training_into_a_directory_keeps_its_dotfiles(tiny, tmp_path):
+    """A run's --out that already holds the user's files (a git checkout, a .env) keeps them all."""
+    out = tmp_path / "project"
+    (out / ".git").mkdir(parents=True)
+    (out / ".git" / "config").write_text("[core]\n")
+    (out / ".env").write_text("TOKEN=keep\n")
+    (out / ".prompt.json.0123456789ab.tmp").write_text("left by a killed run")
+    task = _toy_task(tmp_path)
+    prompttune.train("prompt-tuning", tiny, task, shots=2, out=out, progress=False, **FAST)
+    assert (out / ".git" / "config").read_text() == "[core]\n" and (out / ".env").read_text() == "TOKEN=keep\n"
+    assert sorted(p.name for p in out.iterdir()) == [".env", ".git", ARTIFACT_JSON, ARTIFACT_TENSORS]
+    assert prompttune.load(out, model=tiny).predict(["fine"])[0] in ("0", "1")
+
+
+def test_out_may_be_the_working_directory_but_is_never_swapped_or_deleted(tiny, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    task = _toy_task(tmp_path)
+    monkeypatch.chdir(work)
+    prompttune.train("zero-shot", tiny, task, shots=2, out=".", progress=False)
+    assert os.getcwd() == str(work) and os.path.samefile(".", work)  # still the directory we are in
+    assert sorted(os.listdir(".")) == ["notes.txt", ARTIFACT_JSON, ARTIFACT_TENSORS]
+    os.remove("notes.txt")
+    with pytest.raises(ConfigError, match="is the working directory or holds it"):
+        prompttune.train("zero-shot", tiny, task, shots=2, out=".", overwrite=True, progress=False)
+    with pytest.raises(ConfigError, match="is the working directory or holds it"):
+        prompttune.train("zero-shot", tiny, task, shots=2, out="..", overwrite=True, progress=False)
+    assert (work / ARTIFACT_JSON).exists() and os.path.samefile(".", work)
+
+
+# Run where the OS itself refuses the swap: `out` a real mount point (in a private mount namespace), or its
+# parent not writable by the (unmapped, so unprivileged) user. The run dir holds only our files, so the swap
+# is tried; the artifact must come out whole, in place, with the run's checkpoint and run.json gone.
+_WRITE_IN_REFUSING_DIR = """
+import os, sys, torch
+from pathlib import Path
+from prompttune.artifact import write_artifact
+out = Path(sys.argv[1])
+(out / "run.json").write_text("{}")
+(out / "checkpoint.safetensors").write_text("stale")
+mounted = os.path.ismount(out)
+write_artifact(out, {"prompt": torch.ones(2, 4)}, {"method": "m", "prompt_kind": "soft"})
+print(sorted(os.listdir(out)), os.path.ismount(out) == mounted, (out / "prompt.json").read_text().count("soft"))
+"""
+
+
+def _unshare(args: list[str]) -> None:
+    probe = subprocess.run(["unshare", *args, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a user namespace here: {probe.stderr.decode().strip()}")
+
+
+@pytest.mark.parametrize("refusal", ["mount point", "unwritable parent"])
+def test_artifact_is_written_in_place_where_the_os_refuses_the_swap(tmp_path, refusal):
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare")
+    parent = tmp_path / "parent"
+    out = parent / "out"
+    out.mkdir(parents=True)
+    script = tmp_path / "write.py"
+    script.write_text(_WRITE_IN_REFUSING_DIR)
+    python = [sys.executable, str(script), str(out)]
+    if refusal == "mount point":
+        _unshare(["-Urm"])
+        command = ["unshare", "-Urm", "sh", "-c", 'mount -t tmpfs none "$1" && shift && exec "$@"', "sh", str(out),
+                   *python]
+    else:
+        parent.chmod(0o555)
+        out.chmod(0o777)
+        if os.geteuid() == 0:  # root ignores the mode: write as an unmapped user (the owner bits apply)
+            _unshare(["-U"])
+            command = ["unshare", "-U", *python]
+        else:
+            command = python
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    finally:
+        parent.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[0] == "['prompt.json', 'prompt.safetensors'] True 1", done.stdout
+    assert os.listdir(parent) == ["out"]  # no temporary directory left beside it
 
 
 def test_load_checks_tensor_shapes_against_the_backbone(tiny, tmp_path):

@@ -21,6 +21,7 @@ import uvicorn
 
 import prompttune
 from prompttune.artifact import load
+from prompttune.errors import ModelError
 from prompttune.llm import LLMError, make_llm
 from prompttune.serve import Engine, create_app, load_prompts
 
@@ -262,3 +263,130 @@ def test_the_task_model_can_be_an_endpoint_too(server, backbone, data_dir, tmp_p
     assert info["task_llm"]["calls"] == info["queries_used"] > 0  # one endpoint call per query
     assert info["task_llm"]["errors"] == 0 and info["llm"]["calls"] >= 1
     assert report.meta["history"][0]["op"] == "start"
+
+
+# ------------------------------------------------------------- issue-17 review: prompts only their predictor applies
+@pytest.fixture(scope="module")
+def own_server(tiny_llama_dir, data_dir, tmp_path_factory):
+    """A tiny random Llama serving a deep (key/value) prompt and a boosted ensemble."""
+    from prompttune.models import load_backbone
+
+    tiny = load_backbone(str(tiny_llama_dir), device="cpu")
+    root = tmp_path_factory.mktemp("serve-own")
+    common = {"shots": 2, "seed": 0, "eval_split": "test", "eval_limit": 4, "progress": False}
+    prompttune.train("p-tuning-v2", tiny, "sst2", data_dir, out=root / "deep", steps=1, n_tokens=4, **common)
+    prompttune.train("prompt-boosting", tiny, "sst2", data_dir, out=root / "boost", n_prompts=2, n_learners=2,
+                     budget=64, **common)
+    engine = Engine(tiny, load_prompts(tiny, [f"deep={root / 'deep'}", f"boost={root / 'boost'}"]), batch_wait_ms=50)
+    app = create_app(engine, api_key=KEY, max_tokens_limit=2000)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "tiny": tiny, "root": root}
+    srv.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+
+
+def _streamed(url: str, body: dict) -> str:
+    data = json.dumps({**body, "stream": True}).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    text = ""
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=60) as r:
+        for line in r:
+            line = line.decode().strip()
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                assert "error" not in event, event
+                text += event["choices"][0]["text"]
+    return text
+
+
+def test_a_deep_prompt_is_applied_in_streams_and_completions_and_boosting_refuses(own_server):
+    url, engine, tiny = own_server["url"] + "/v1/completions", own_server["engine"], own_server["tiny"]
+    deep = engine.get("deep").predictor
+    texts = ["Once upon a time", "The film was", "Review: dull\nSentiment:"]
+    for text in texts:
+        body = {"model": "deep", "prompt": text, "max_tokens": 8, "temperature": 0, "raw": True}
+        expected = deep.generate(text, max_new_tokens=8, raw=True)  # the predictor, its prompt in place
+        status, answer = post(url, body)
+        assert status == 200 and answer["choices"][0]["text"] == expected
+        assert _streamed(url, body) == expected
+    bare = [tiny.generate([t], None, max_new_tokens=8)[0] for t in texts]
+    assert [deep.generate(t, max_new_tokens=8, raw=True) for t in texts] != bare  # the prompt makes a difference
+    for stream in (False, True):
+        status, answer = post(url, {"model": "boost", "prompt": "a fine film", "max_tokens": 4, "stream": stream})
+        assert status == 400 and answer["error"]["code"] == "not_a_generator"
+    status, answer = post(url, {"model": "deep", "prompt": "", "raw": True})
+    assert status == 400 and answer["error"]["code"] == "empty_prompt"
+
+
+def test_deep_prompt_generation_stops_between_steps(own_server):
+    deep, calls = own_server["engine"].get("deep").predictor, []
+
+    def stop_after_three(tokens, scores):
+        calls.append(tokens.shape[1])
+        return torch.full((tokens.shape[0],), len(calls) >= 3, dtype=torch.bool)
+
+    from transformers import StoppingCriteriaList
+
+    deep.generate("Once upon a time", max_new_tokens=50, raw=True,
+                  stopping_criteria=StoppingCriteriaList([stop_after_three]))
+    assert calls == [1, 2, 3]
+
+
+def test_one_bad_request_fails_alone_and_unseeded_samples_differ(own_server):
+    engine, tiny = own_server["engine"], own_server["tiny"]
+    name = next(iter(engine.prompts))
+    good = engine.generate(name, ["Once upon a time"], 4, timeout=60)
+    bad = engine.generate(name, ["Once upon a time"], 5000, timeout=60)  # longer than the context: its own error
+    assert len(good.result(timeout=60)) == 1
+    with pytest.raises(ModelError, match="context"):
+        bad.result(timeout=60)
+    samples = {engine.generate(name, ["Once upon a time"], 8, temperature=1.0).result(timeout=60)[0][0]
+               for _ in range(3)}
+    assert len(samples) > 1
+    assert engine.get(tiny.model_id) is engine.get(name)  # the backbone's full id is still accepted
+
+
+def test_fair_sharing_reaches_every_work_beyond_a_batch_and_empty_works_settle():
+    from prompttune.serve.scheduler import FairQueue, Work
+
+    queue = FairQueue(10_000)
+    works = [Work("k", [0, 1, 2]) for _ in range(100)]
+    for w in works:
+        queue.submit(w)
+    served: set[int] = set()
+    for _ in range(2):  # 300 rows waiting, 64 per batch: the second batch goes to the 36 not yet served first
+        _, parts = queue.take(lambda key: 64)
+        served |= {id(w) for w, _, _ in parts}
+        assert sum(b - a for _, a, b in parts) == 64
+    assert served == {id(w) for w in works}
+    empty = Work("k", [])
+    assert queue.submit(empty).result(timeout=1) == []
+
+
+def test_image_decoding_is_bounded_server_wide(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from prompttune.serve.clip import DecodeBudget, decode_request_images
+    from prompttune.serve.scheduler import Overloaded
+
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(png, format="PNG")
+    item = base64.b64encode(png.getvalue()).decode()
+    budget = DecodeBudget(4 * 64 * 64 * 3)
+    budget.reserve(4 * 64 * 64 * 2)  # other requests are decoding two images' worth
+    with pytest.raises(Overloaded):
+        decode_request_images([item, item], budget=budget)
+    assert budget.used == 4 * 64 * 64 * 2  # a refused request holds nothing
+    budget.release(4 * 64 * 64 * 2)
+    assert len(decode_request_images([item, item], budget=budget)) == 2 and budget.used == 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import shutil
 import sys
 import time
@@ -21,6 +23,7 @@ from .artifact import (
     check_backbone,
     check_tensors,
     foreign_entries,
+    holds_cwd,
     is_run_dir,
     load,
     prompt_from_tensors,
@@ -56,10 +59,15 @@ def _backbone(model: str | Backbone, device: str, dtype: str) -> Backbone:
 def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Refuse, before any work, an --out that this run may not write into (or, with --overwrite, delete)."""
     if not out.exists():
+        _check_writable(out)
         return
     if not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    _check_writable(out)
     if overwrite:
+        if holds_cwd(out.resolve()):
+            raise ConfigError(f"--overwrite: --out {out} is the working directory or holds it; refusing to delete "
+                              "it: choose another --out")
         foreign = foreign_entries(out)
         if foreign or (any(out.iterdir()) and not is_run_dir(out)):
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -72,6 +80,20 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(
             f"--out {out} holds an unfinished run's checkpoint; pass --resume to continue it or --overwrite"
         )
+
+
+def _check_writable(out: Path) -> None:
+    """Create and remove a file in --out (or the nearest directory above it that exists), so a run that could
+    not write its artifact fails now, not after training."""
+    where = out
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    probe = where / f".prompttune-probe-{secrets.token_hex(6)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write into {where} ({exc.strerror}); choose another --out") from None
 
 
 def run_fingerprint(identity: dict[str, Any]) -> str:
@@ -314,6 +336,15 @@ def _drawn_for_training(
             warnings.warn(f"artifact {path} was trained on task {own}, whose data cannot be read here ({exc}); "
                           f"no example of {task.name} is left out as used in training", UserWarning, stacklevel=3)
             return []
+    recorded_data = (meta.get("run_identity") or {}).get("data")
+    if isinstance(recorded_data, dict):  # the draw is by position in the data: the data must be the same
+        now = source.data_identity()
+        changed = [split for split in ("train", "dev") if recorded_data.get(split) != now.get(split)]
+        if changed:
+            why = describe_differences({"data": {k: recorded_data.get(k) for k in changed}},
+                                       {"data": {k: now.get(k) for k in changed}})
+            raise DataError(f"artifact {path}: its task's data ({own}) changed since training ({why}), so which "
+                            "examples training used cannot be told; evaluate with the data it was trained on")
     fewshot = source.few_shot(data["shots"], data["seed"], data.get("dev_shots"))
     recorded = (data.get("train_size"), data.get("dev_size"))
     if None not in recorded and recorded != (len(fewshot.train), len(fewshot.dev)):

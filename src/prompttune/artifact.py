@@ -2,15 +2,20 @@
 
 The artifact is written whole into a temporary directory and swapped in place of the run
 directory, so its tensors and its JSON always come from the same write, and a directory without
-`prompt.json` is an unfinished run, never a broken artifact. Loading reads safetensors and JSON
-only (nothing is ever unpickled), checks `format_version`, the type of every field it uses and
-the shape of every tensor against the backbone, so a bad artifact fails at load with its name,
-not later inside torch.
+`prompt.json` is an unfinished run, never a broken artifact. A directory that holds anything
+prompttune did not write (a `.git/`, a `.env`, notes), the working directory (or one above it), or
+one the OS will not swap (a mount point, an unwritable parent) is written in place instead, file
+by file: the old `prompt.json` goes first and the new one comes last, so the rule still holds.
+Loading reads safetensors and JSON only (nothing is ever unpickled), checks `format_version`, the
+type of every field it uses and the shape of every tensor against the backbone, so a bad artifact
+fails at load with its name, not later inside torch.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +26,12 @@ from safetensors.torch import load_file
 from .errors import ArtifactError, ConfigError
 from .models import BACKBONE_TYPES, Backbone, DeltaPrompt, EncoderPrompt, load_backbone
 from .models.loading import FINGERPRINT_VERSION, fingerprint_of
-from .utils.io import atomic_save_tensors, atomic_write_json, write_dir_atomically
+from .utils.io import SwapUnavailable, atomic_save_tensors, atomic_write_text, json_text, write_dir_atomically
 
 ARTIFACT_JSON = "prompt.json"
 ARTIFACT_TENSORS = "prompt.safetensors"
 RUN_JSON = "run.json"  # an unfinished run's identity (see api.train); gone once the artifact is written
+LEDGER = "llm_ledger.jsonl"  # an LLM-driven method's record of its calls; kept with the artifact
 FORMAT_VERSION = 1
 PROMPT_KINDS = ("none", "soft", "kv", "dept", "instance", "encoder-head", "hard", "boosted", "clip")
 
@@ -34,21 +40,64 @@ def _checkpoint(name: str) -> bool:
     return name.startswith("checkpoint") and name.endswith(".safetensors")
 
 
-def _run_state(entry: Path) -> bool:
-    """Files of an unfinished run that the finished artifact drops: checkpoints, run.json, temp files."""
+def _our_temp(name: str) -> bool:
+    """A temporary file of our atomic writers (`.{name}.{12 hex}.tmp`), left by a killed run."""
+    return re.fullmatch(r"\..+\.[0-9a-f]{12}\.tmp", name) is not None
+
+
+def _ours(entry: Path) -> bool:
+    """A file prompttune writes into an artifact or run directory."""
     name = entry.name
-    return name in (ARTIFACT_JSON, ARTIFACT_TENSORS, RUN_JSON) or name.startswith(".") or _checkpoint(name)
+    return entry.is_file() and (name in (ARTIFACT_JSON, ARTIFACT_TENSORS, RUN_JSON, LEDGER) or _checkpoint(name)
+                                or _our_temp(name))
+
+
+def _run_state(entry: Path) -> bool:
+    """Files of an unfinished run that the finished artifact drops: checkpoints, run.json, our temp files."""
+    return _ours(entry) and entry.name != LEDGER
+
+
+def holds_cwd(path: Path) -> bool:
+    """Whether `path` is the working directory or one above it (swapping it would pull it from under us)."""
+    try:
+        cwd = Path.cwd().resolve()
+    except OSError:
+        return False
+    return cwd == path or path in cwd.parents
 
 
 def write_artifact(out_dir: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write the artifact into a fresh directory and swap it in place of `out_dir`. Other files of the
-    run (e.g. an LLM ledger) are carried over; its checkpoints are not."""
+    run (e.g. an LLM ledger) are carried over; its checkpoints are not. Where a swap would be unsafe or
+    the OS refuses it, write in place (see the module docstring)."""
+    out_dir = Path(out_dir).resolve()
+    text = json_text({"format_version": FORMAT_VERSION, **meta})  # fails before anything is written
 
     def write(tmp: Path) -> None:
         atomic_save_tensors(tmp / ARTIFACT_TENSORS, tensors, {"format": "prompttune"})
-        atomic_write_json(tmp / ARTIFACT_JSON, {"format_version": FORMAT_VERSION, **meta})
+        atomic_write_text(tmp / ARTIFACT_JSON, text)
 
-    write_dir_atomically(Path(out_dir), write, keep=lambda entry: not _run_state(entry))
+    swappable = not out_dir.exists() or (out_dir.is_dir() and not foreign_entries(out_dir) and not holds_cwd(out_dir))
+    if swappable:
+        try:
+            write_dir_atomically(out_dir, write, keep=lambda entry: not _run_state(entry))
+            return
+        except SwapUnavailable:
+            pass  # nothing changed: write in place
+    write_in_place(out_dir, tensors, text)
+
+
+def write_in_place(out_dir: Path, tensors: Mapping[str, torch.Tensor], json_text: str) -> None:
+    """Write the artifact file by file into `out_dir`, each atomically, leaving every other file alone:
+    the old prompt.json is removed first and the new one written last (a directory without it is an
+    unfinished run), then the run's checkpoints and run.json go."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ARTIFACT_JSON).unlink(missing_ok=True)
+    atomic_save_tensors(out_dir / ARTIFACT_TENSORS, tensors, {"format": "prompttune"})
+    atomic_write_text(out_dir / ARTIFACT_JSON, json_text)
+    for entry in out_dir.iterdir():
+        if _run_state(entry) and entry.name not in (ARTIFACT_JSON, ARTIFACT_TENSORS):
+            os.unlink(entry)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -60,11 +109,8 @@ def is_run_dir(path: Path) -> bool:
 
 def foreign_entries(path: Path) -> list[str]:
     """Entries of directory `path` that prompttune never writes into an artifact or run directory
-    (what `--overwrite` must not delete)."""
-    ours = (ARTIFACT_JSON, ARTIFACT_TENSORS, RUN_JSON, "llm_ledger.jsonl")
-    return sorted(e.name + ("/" if e.is_dir() else "") for e in path.iterdir()
-                  if not (e.is_file() and (e.name in ours or _checkpoint(e.name)
-                                           or (e.name.startswith(".") and e.name.endswith(".tmp")))))
+    (what `--overwrite` must not delete, and what makes `write_artifact` write in place)."""
+    return sorted(e.name + ("/" if e.is_dir() else "") for e in path.iterdir() if not _ours(e))
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list", float: "a number"}

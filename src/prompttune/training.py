@@ -256,14 +256,14 @@ def _load_checkpoint(path, module, optimizer, fingerprint):
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as exc:  # a truncated or foreign file
         raise ArtifactError(f"{path}: not a readable prompttune checkpoint ({exc})") from None
+    if not isinstance(meta.get("optim_state"), dict):  # before the fingerprint, which older versions computed otherwise
+        raise ArtifactError(f"{path}: checkpoint written by an older prompttune (optimizer state by position); "
+                            "this version cannot resume it: use --overwrite to start the run over")
     if meta.get("fingerprint") != fingerprint:
         raise ArtifactError(
             f"{path}: checkpoint belongs to a different run (method, hyper-parameters, data or model differ); "
             "use --overwrite to start over"
         )
-    if not isinstance(meta.get("optim_state"), dict):
-        raise ArtifactError(f"{path}: checkpoint written by an older prompttune (optimizer state by position, not "
-                            "by parameter name); use --overwrite to start over")
     module.load_state_dict({k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")})
     best_state = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
     names = _param_names(module, optimizer)

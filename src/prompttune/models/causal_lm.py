@@ -329,9 +329,10 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
 
     def _generate_with_prefix(
         self, texts: Sequence[str], prefix: Prefix, max_new_tokens: int, do_sample: bool = False,
-        temperature: float = 1.0, **unsupported,
+        temperature: float = 1.0, stopping_criteria=None, **unsupported,
     ) -> list[str]:
-        """Greedy or sampled decoding behind a deep prompt's keys/values.
+        """Greedy or sampled decoding behind a deep prompt's keys/values; `stopping_criteria` (HF's, called
+        with the tokens generated so far) may end it between two steps.
 
         HF `generate` assumes every cached position has an input id, which a learned prefix has not,
         so this small loop runs the cache itself: prefill after the prefix, then one token a step.
@@ -366,6 +367,8 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
             nxt = torch.where(done, torch.full_like(nxt, self.tokenizer.pad_token_id), nxt)
             out_tokens.append(nxt)
             done |= nxt == eos
+            if stopping_criteria is not None:
+                done |= stopping_criteria(torch.stack(out_tokens, 1), None).to(done.device)
             if done.all():
                 break
             step_ids = nxt[:, None]

@@ -9,13 +9,18 @@ model without a BOS (SmolLM2) gets none invented. The first cut of a backbone wa
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from ..errors import ModelError
 
 # transformers' tokenizers say int(1e30) when a checkpoint names no maximum length
 _UNKNOWN_LENGTH = 10**9
+# how many recently cut inputs a backbone remembers, so one cut twice (at tokenizing, then beside a prompt)
+# counts once; bounded, so a long-running server's memory does not grow with every long request
+_RECENT_CUTS = 4096
 
 
 def model_context_length(model, tokenizer) -> int | None:
@@ -53,12 +58,28 @@ class ContextFitting:
         self.context_length = model_context_length(model, tokenizer)
         self.max_input_tokens: int | None = None  # an optional cap below the context
         self._special_head, self._special_tail = _added_special_tokens(tokenizer)
-        self._truncated: set[bytes] = set()
+        self._recent_cuts: OrderedDict[bytes, None] = OrderedDict()  # at most _RECENT_CUTS keys
+        self._truncated_inputs = 0
+        self._warned_truncation = False
+        self._cuts_lock = threading.Lock()  # a server fits inputs from several threads
 
     @property
     def truncated_inputs(self) -> int:
-        """How many distinct inputs this backbone has cut to fit so far."""
-        return len(self._truncated)
+        """How many inputs this backbone has cut to fit so far (one cut again soon after counts once)."""
+        return self._truncated_inputs
+
+    def _count_cut(self, x: Sequence[int]) -> bool:
+        """Count a cut input unless it was cut recently (keyed on its end); True if it was counted."""
+        key = hashlib.blake2b(repr(list(x[-32:])).encode(), digest_size=8).digest()
+        with self._cuts_lock:
+            if key in self._recent_cuts:
+                self._recent_cuts.move_to_end(key)
+                return False
+            self._recent_cuts[key] = None
+            if len(self._recent_cuts) > _RECENT_CUTS:
+                self._recent_cuts.popitem(last=False)
+            self._truncated_inputs += 1
+            return True
 
     def input_limit(self, reserve: int = 0) -> int | None:
         """The most input tokens that fit beside `reserve` prompt/answer tokens (None: no limit known)."""
@@ -86,12 +107,11 @@ class ContextFitting:
                 keep = max(limit - head - tail, 1)
                 x = x[:head] + x[len(x) - tail - keep : len(x) - tail] + x[len(x) - tail :]
                 x = x[len(x) - limit :]
-                # an input cut twice (at tokenizing, then beside a prompt) still counts once: key on its end
-                key = hashlib.blake2b(repr(x[-32:]).encode(), digest_size=8).digest()
-                cut += key not in self._truncated
-                self._truncated.add(key)
+                cut += self._count_cut(x)
             out.append(x)
-        if cut and len(self._truncated) == cut:  # the first inputs this backbone cuts
+        with self._cuts_lock:
+            first, self._warned_truncation = cut and not self._warned_truncation, self._warned_truncation or bool(cut)
+        if first:  # the first inputs this backbone cuts
             context = f"the model's context of {self.context_length} positions" if self.context_length else "the cap"
             warnings.warn(
                 f"{cut} of {len(out)} inputs are longer than the {limit} tokens that fit ({context} minus {reserve} "

@@ -197,7 +197,8 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
     the files' tensors are hashed, so the same checkpoint loaded in fp32 on a CPU and in bf16 on a
     GPU gives the same fingerprint, and any edit of any value changes it. Each file's digest is
     computed once and cached, keyed by the file's size and mtime, so later loads only stat the files.
-    Other models (in memory, or from .bin files) hash their tensors as loaded.
+    Other models (in memory, or from .bin files) hash their tensors as loaded, floating-point ones at
+    bf16 precision, so that a bf16 load on a GPU and an fp32 load on a CPU still agree.
     """
     files = _weight_files(model)
     h = hashlib.sha256(b"prompttune-weights-v2\n")
@@ -206,7 +207,8 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
             h.update(f"{path.name}:{digest}\n".encode())
     else:
         for name, tensor in sorted(model.state_dict().items()):
-            t = tensor.detach().to("cpu").contiguous().reshape(-1)
+            t = tensor.detach().to("cpu")
+            t = (t.to(torch.bfloat16) if t.is_floating_point() else t).contiguous().reshape(-1)
             h.update(f"{name}:{str(t.dtype).removeprefix('torch.')}:{list(tensor.shape)}\n".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]

@@ -101,11 +101,12 @@ def engine_error(exc: BaseException) -> APIError:
 def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int = 1_000_000,
                max_tokens_limit: int = 512, max_inputs: int = 256, max_request_rows: int = 64,
                request_timeout: float = 60.0, body_timeout: float = 30.0, max_image_pixels: int = 4096 * 4096,
-               max_decoded_bytes: int = 256 * 2**20):
+               max_decoded_bytes: int = 256 * 2**20, max_decoding_bytes: int | None = None):
     """The FastAPI app over `engine`. `api_key`: require `Authorization: Bearer <key>` (not on /health).
     `max_request_rows`: generated sequences per request (n x prompts); `request_timeout`: seconds a
     request may wait and run; `body_timeout`: seconds to receive a body; `max_image_pixels` and
-    `max_decoded_bytes`: per image, and per request, for a CLIP engine."""
+    `max_decoded_bytes`: per image, and per request, for a CLIP engine; `max_decoding_bytes`: what all
+    requests may be decoding at once (default 4 x `max_decoded_bytes`)."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -215,13 +216,18 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     if getattr(engine, "kind", "text") == "clip":  # a CLIP backbone: images in, labels out, no text generation
         from starlette.concurrency import run_in_threadpool
 
-        from .clip import decode_request_images
+        from .clip import DecodeBudget, decode_request_images
+
+        budget = DecodeBudget(max_decoding_bytes or 4 * max_decoded_bytes)
 
         @app.post("/v1/classify")
         async def classify_images(body: ClassifyBody, request: Request):
             served(body.model)
-            images = await run_in_threadpool(decode_request_images, inputs_of(body), max_image_pixels,
-                                             max_decoded_bytes)
+            try:
+                images = await run_in_threadpool(decode_request_images, inputs_of(body), max_image_pixels,
+                                                 max_decoded_bytes, budget)
+            except Overloaded as exc:
+                raise engine_error(exc) from None
             results = await run(submit(lambda: engine.classify(body.model, images, timeout=request_timeout)), request)
             return {"object": "list", "model": body.model, "data": [
                 {"index": i, "label": label, "scores": scores} for i, (label, scores) in enumerate(results)
@@ -254,12 +260,15 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
 
     def generation_inputs(name: str, texts: list[str], render: bool, n: int) -> list[str]:
         prompt = served(name)
+        if prompt.predictor is not None and prompt.predictor.boosted is not None:
+            raise APIError(400, f"'{name}' is a boosted ensemble: it classifies (POST /v1/classify) and does not "
+                           "generate text", "not_a_generator")
         if len(texts) * n > max_request_rows:
             raise APIError(400, f"{len(texts)} prompt(s) x n={n} = {len(texts) * n} sequences; the limit is "
                            f"{max_request_rows} per request (--max-request-rows)", "too_many_rows")
         if render and prompt.predictor is not None:
             texts = [prompt.predictor.render(t) for t in texts]
-        if prompt.soft is None:
+        if prompt.soft is None or not prompt.mixable_generate:  # only a soft prompt may continue from nothing
             for i, t in enumerate(texts):
                 if not t:
                     raise APIError(400, f"prompt[{i}] is empty: give some text to continue", "empty_prompt")

@@ -12,7 +12,8 @@ artifact (`ClipPredictor.probabilities`).
 
 Images are checked before they are decoded: the file header gives the size, and an image over
 `--max-image-pixels`, or a request whose images would decode to more than `--max-decoded-mb`, is refused
-with a 400 (a 20 kB PNG can hold a 13000x13000 image).
+with a 400 (a 20 kB PNG can hold a 13000x13000 image). Decoding is bounded server-wide too: the
+requests being decoded at once may hold at most `DecodeBudget` bytes; beyond it a request answers 503.
 """
 
 from __future__ import annotations
@@ -35,7 +36,42 @@ from ..errors import ArtifactError, ConfigError, DataError
 from ..methods.clip_base import ClipPredictor
 from ..models.clip import ClipBackbone
 from ..tasks.images import decode_image
-from .scheduler import EngineClosed, FairQueue, Part, Work
+from .scheduler import EngineClosed, FairQueue, Overloaded, Part, Work
+
+_quiet = threading.Lock()
+_quieted = False
+
+
+def _quiet_pil_bomb_warning() -> None:
+    """Silence PIL's decompression-bomb warning once for the process: the server compares every header's
+    size with its own limit, and `warnings.catch_warnings` per call is not thread-safe."""
+    global _quieted
+    from PIL import Image
+
+    with _quiet:
+        if not _quieted:
+            warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+            _quieted = True
+
+
+class DecodeBudget:
+    """The bytes all requests may be decoding at once (server-wide); a request that does not fit is
+    refused (`Overloaded`, 503) before it decodes anything."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = capacity, 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> None:
+        with self._lock:
+            if self.used and self.used + size > self.capacity:
+                raise Overloaded(f"the server is decoding {self.used / 2**20:,.0f} MiB of images already; retry "
+                                 "shortly")
+            self.used += size
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
 
 
 @dataclass
@@ -93,11 +129,10 @@ def image_size(raw: bytes, where: str, max_pixels: int) -> tuple[int, int]:
     """(width, height) from the image file's header, without decoding its pixels; over `max_pixels` is refused."""
     from PIL import Image
 
+    _quiet_pil_bomb_warning()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(raw)) as im:
-                width, height = im.size
+        with Image.open(io.BytesIO(raw)) as im:
+            width, height = im.size
     except Image.DecompressionBombError as exc:  # over twice PIL's own limit: PIL refuses to open it
         raise DataError(f"{where}: the image is too large to decode ({exc}); this server takes at most "
                         f"{max_pixels:,} pixels per image (--max-image-pixels)") from None
@@ -109,16 +144,23 @@ def image_size(raw: bytes, where: str, max_pixels: int) -> tuple[int, int]:
     return width, height
 
 
-def decode_request_images(items: list[Any], max_pixels: int = 4096 * 4096,
-                          max_decoded_bytes: int = 256 * 2**20) -> list[torch.Tensor]:
-    """A request's images as uint8 RGB (H, W, 3), every header checked before any pixel is decoded."""
+def decode_request_images(items: list[Any], max_pixels: int = 4096 * 4096, max_decoded_bytes: int = 256 * 2**20,
+                          budget: DecodeBudget | None = None) -> list[torch.Tensor]:
+    """A request's images as uint8 RGB (H, W, 3), every header checked before any pixel is decoded;
+    with a `budget`, its decoded bytes are reserved in it while decoding."""
     raws = [request_image_bytes(x, f"input[{i}]") for i, x in enumerate(items)]
     sizes = [image_size(raw, f"input[{i}]", max_pixels) for i, raw in enumerate(raws)]
     decoded = sum(4 * w * h for w, h in sizes)  # RGBA while transparency is composited
     if decoded > max_decoded_bytes:
         raise DataError(f"the {len(items)} images would decode to {decoded / 2**20:,.0f} MiB; this server takes "
                         f"at most {max_decoded_bytes / 2**20:,.0f} MiB per request (--max-decoded-mb)")
-    return [decode_with_limit(raw, f"input[{i}]", max_pixels) for i, raw in enumerate(raws)]
+    if budget is not None:
+        budget.reserve(decoded)
+    try:
+        return [decode_with_limit(raw, f"input[{i}]", max_pixels) for i, raw in enumerate(raws)]
+    finally:
+        if budget is not None:
+            budget.release(decoded)
 
 
 def decode_with_limit(raw: bytes, where: str, max_pixels: int) -> torch.Tensor:
@@ -126,10 +168,9 @@ def decode_with_limit(raw: bytes, where: str, max_pixels: int) -> torch.Tensor:
     `--max-image-pixels` may exceed, answers in the same words."""
     from PIL import Image
 
+    _quiet_pil_bomb_warning()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return decode_image(raw, where)
+        return decode_image(raw, where)
     except Image.DecompressionBombError as exc:
         raise DataError(f"{where}: the image is too large to decode ({exc}); this server takes at most "
                         f"{max_pixels:,} pixels per image (--max-image-pixels)") from None

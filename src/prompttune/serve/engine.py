@@ -9,8 +9,11 @@ at a time (at most `max_batch` rows, the waiting requests' rows shared out in tu
   are computed once and each example attends only to its own;
 * generation rows with the same sampling settings likewise go into one `generate` call;
 * streams run one at a time through `generate` with a streamer;
-* the rest (deep key/value prompts, DePT, instance-dependent prompts, boosted ensembles,
-  multi-token label words) run through their artifact's own `Predictor`.
+* the rest (deep key/value prompts, DePT, instance-dependent prompts, multi-token label words), streams
+  included, run through their artifact's own `Predictor`; a boosted ensemble only classifies.
+
+A request whose rows fail (e.g. too long for the context) fails alone: its batch is retried one
+request at a time. Unseeded sampling draws a fresh seed per call, so equal requests differ.
 
 Generation never blocks classification: between two generated tokens the worker runs one waiting
 classification batch (from the stopping criterion, in the same thread, so no lock is needed).
@@ -21,6 +24,7 @@ or ran out of time, and hands each request its text as soon as its own rows are 
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -40,6 +44,7 @@ from .scheduler import EngineClosed, FairQueue, Part, RequestTimeout, Work
 
 MIXABLE_KINDS = ("none", "hard", "soft")
 CLASSIFY_OPS = ("classify", "classify-own")
+STREAM_OPS = ("stream", "stream-own")
 OWN_GENERATE_ROWS = 4  # rows of a predictor-generated group per turn (each row is its own generate call)
 
 
@@ -124,6 +129,8 @@ class Engine:
 
     # ------------------------------------------------------------------ public, thread-safe
     def get(self, name: str) -> ServedPrompt:
+        if name == self.backbone.model_id:  # the backbone's full id (what older versions called it)
+            name = public_name(self.backbone.model_id)
         if name not in self.prompts:
             raise KeyError(name)
         return self.prompts[name]
@@ -154,7 +161,8 @@ class Engine:
         served = self.get(name)
         params = {"prompt": served, "max_tokens": max_tokens, "temperature": float(temperature), "seed": seed,
                   "on_text": on_text}
-        return self.queue.submit(Work(("stream", next(self._unique)), [text], params, _deadline(timeout)))
+        key = ("stream" if served.mixable_generate else "stream-own", next(self._unique))
+        return self.queue.submit(Work(key, [text], params, _deadline(timeout)))
 
     def begin_close(self) -> None:
         """Without waiting: fail what is queued (`EngineClosed`) and stop generation at its next token."""
@@ -182,14 +190,19 @@ class Engine:
         self.stats["batches"] += 1
         self.stats["rows"] += sum(b - a for _, a, b in parts)
         run = {"classify": self._classify_mixed, "classify-own": self._classify_own, "generate": self._generate,
-               "generate-own": self._generate_own, "stream": self._generate}[key[0]]
-        if key[0] == "stream":
+               "generate-own": self._generate_own, "stream": self._generate, "stream-own": self._generate_own}[key[0]]
+        if key[0] in STREAM_OPS:
             parts[0][0].deadline = None  # a stream's timeout bounds its start; then its client's idle timeout rules
         try:
             run(parts)
         except Exception as exc:  # noqa: BLE001  (delivered to the waiting requests, which answer with it)
-            for work, _, _ in parts:
-                self.queue.fail(work, exc)
+            waiting = [p for p in parts if not p[0].future.done()]
+            if len(waiting) < 2 or self._closing.is_set():
+                for work, _, _ in waiting:
+                    self.queue.fail(work, exc)
+                return
+            for part in waiting:  # one request's failure is its own: the others run again, each alone
+                self._run(key, [part])
 
     def _between_steps(self) -> None:
         """Called between two generated tokens: run one waiting classification batch, if any, and then
@@ -242,7 +255,11 @@ class Engine:
         for work, a, b in parts:
             soft = work.params["prompt"].soft
             reserve = (0 if soft is None else soft.shape[0]) + work.params["max_tokens"]  # fits the context
-            tokens = self.backbone.tokenize(list(work.rows[a:b]), reserve)
+            try:
+                tokens = self.backbone.tokenize(list(work.rows[a:b]), reserve)
+            except Exception as exc:  # noqa: BLE001  (this request's own fault: the others go on)
+                self.queue.fail(work, exc)
+                continue
             if any(not x for x in tokens) and soft is None:
                 self.queue.fail(work, ConfigError("prompt: nothing to continue (the text is empty after "
                                                   "tokenization)"))
@@ -268,13 +285,15 @@ class Engine:
                 if not work.live or self._closing.is_set():
                     self._drop(work)
                     break
+                if not self.backbone.tokenize([work.rows[i]])[0]:
+                    self.queue.fail(work, ConfigError("prompt: nothing to continue (the text is empty after "
+                                                      "tokenization)"))
+                    break
                 kwargs: dict[str, Any] = {"do_sample": True, "temperature": params["temperature"]} \
                     if params["temperature"] > 0 else {}
-                if not isinstance(served.predictor.prompt, (list, tuple)):  # the deep-prompt loop takes no criteria
-                    kwargs["stopping_criteria"] = StoppingCriteriaList([_Interrupt(self, work)])
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_Interrupt(self, work)])
                 with torch.random.fork_rng(devices=[]):
-                    if params["seed"] is not None:
-                        torch.manual_seed(params["seed"] + i)
+                    torch.manual_seed(_seed(params["seed"], i))
                     text = served.predictor.generate(work.rows[i], max_new_tokens=params["max_tokens"], raw=True,
                                                      **kwargs)
                 self.stats["forward_passes"] += 1
@@ -298,8 +317,7 @@ class Engine:
         if temperature > 0:
             kwargs.update(temperature=temperature, top_k=0)
         with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
+            torch.manual_seed(_seed(seed))
             out = bb.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new,
                                     pad_token_id=bb.tokenizer.pad_token_id, streamer=streamer,
                                     stopping_criteria=StoppingCriteriaList([stopper]), **kwargs)
@@ -323,6 +341,12 @@ class Engine:
             embeds[i, width - len(row):] = row
             mask[i, width - len(row):] = 1
         return embeds, mask.to(bb.device)
+
+
+def _seed(seed: int | None, offset: int = 0) -> int:
+    """The seed of one generate call: the request's (plus `offset`), or a fresh random one; `fork_rng`
+    restores the RNG after each call, so without a fresh seed equal unseeded requests would sample alike."""
+    return secrets.randbits(63) if seed is None else seed + offset
 
 
 def _deadline(timeout: float | None) -> float | None:

@@ -4,7 +4,8 @@ Every request becomes one `Work`: its rows (texts or images), a future, a deadli
 Rows of works with the same key may share a batch (e.g. every classification row of a text or soft
 prompt; generation rows with the same sampling settings). `FairQueue.take` picks the next group in
 round-robin order and fills a batch of at most `max_rows` rows by handing out rows one per waiting
-work in turn, so a 1-row request is never stuck behind a 200-row one: both advance in every batch.
+work in turn, so a 1-row request is never stuck behind a 200-row one: both advance in every batch
+(with more works waiting than a batch has rows, those served longest ago go first).
 A work is complete, and its future set, once all of its rows have been delivered, whichever
 batches they ran in. A work whose deadline passed, whose future was cancelled (the client went
 away or gave up) or that failed is dropped from the queue, so no worker time goes to it.
@@ -76,6 +77,9 @@ class FairQueue:
 
     # ------------------------------------------------------------------ request side
     def submit(self, work: Work) -> Future:
+        if not work.rows:  # nothing to run: settled at once, or it would wait for ever
+            _settle(work, result=[])
+            return work.future
         with self._cond:
             if self._closed is not None:
                 raise self._closed
@@ -96,7 +100,7 @@ class FairQueue:
     def take(self, max_rows: Callable[[Hashable], int], accept: Callable[[Hashable], bool] | None = None,
              ) -> tuple[Hashable, list[Part]] | None:
         """The next batch: the first group (round-robin) that `accept`s, at most `max_rows(key)` rows of
-        it, handed out one per waiting work in turn (oldest first). None when nothing fits."""
+        it, handed out one per waiting work in turn (those served longest ago first). None when nothing fits."""
         with self._cond:
             self._drop_dead()
             for key in list(self._groups):
@@ -118,7 +122,11 @@ class FairQueue:
                     if n:
                         parts.append((w, w.taken, w.taken + n))
                         w.taken += n
-                left = [w for w in works if w.taken < len(w.rows)]
+                # works that got nothing this time go first next time, so a group with more works
+                # than a batch has rows still serves every one of them in turn
+                order = [w for w, n in zip(works, counts, strict=True) if not n] + \
+                        [w for w, n in zip(works, counts, strict=True) if n]
+                left = [w for w in order if w.taken < len(w.rows)]
                 del self._groups[key]
                 if left:  # to the back of the line: the next batch serves another group first
                     self._groups[key] = left

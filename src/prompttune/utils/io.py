@@ -4,13 +4,16 @@ Every file is written under a temporary name beside its target, fsync-ed, rename
 the directory fsync-ed, so a power cut leaves the old file or the new one. Files and directories
 are created with the user's umask (mode 0o666 / 0o777 minus umask), not tempfile's private 0600.
 A multi-file artifact is written whole into a temporary directory and swapped in with one rename
-(`write_dir_atomically`), so its files can never come from two different writes.
+(`write_dir_atomically`), so its files can never come from two different writes; where the OS cannot
+swap it (a mount point, a parent directory the user may not write) that raises `SwapUnavailable`
+before anything changed, and the caller writes file by file instead.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import secrets
@@ -91,8 +94,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_text(data: Any) -> str:
+    """`data` as the JSON text the atomic writers store (sorted keys, indented)."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(path, json_text(data))
 
 
 def atomic_save_tensors(
@@ -117,11 +125,25 @@ def _rename_exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+class SwapUnavailable(OSError):
+    """The OS refused to create a directory beside the target or to rename the target (it is a mount
+    point, its parent is not writable, ...); nothing was changed."""
+
+
+# the errors that say "not here" rather than "not at all": writing inside the directory may still work
+_SWAP_REFUSALS = (errno.EXDEV, errno.EBUSY, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _refused(exc: OSError) -> bool:
+    return exc.errno in _SWAP_REFUSALS
+
+
 def atomic_replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Move a fully written directory into place, replacing an older one.
 
     Where the OS can swap two directories atomically, a reader sees the old directory or the new
-    one, never a mix and never nothing; elsewhere the old one is renamed aside first.
+    one, never a mix and never nothing; elsewhere the old one is renamed aside first (and back if
+    the new one cannot take its place). A rename the OS refuses raises `SwapUnavailable`.
     """
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -132,10 +154,21 @@ def atomic_replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # now the old directory
         return
     old = None
-    if final_dir.exists():
-        old = final_dir.with_name(f".{final_dir.name}.old-{secrets.token_hex(6)}")
-        os.replace(final_dir, old)
-    os.replace(tmp_dir, final_dir)
+    try:
+        if final_dir.exists():
+            old = final_dir.with_name(f".{final_dir.name}.old-{secrets.token_hex(6)}")
+            os.replace(final_dir, old)
+        try:
+            os.replace(tmp_dir, final_dir)
+        except OSError:
+            if old is not None:
+                os.replace(old, final_dir)
+            raise
+    except OSError as exc:
+        if _refused(exc):
+            raise SwapUnavailable(exc.errno, f"cannot swap a new directory in place of {final_dir}: "
+                                             f"{exc.strerror}") from exc
+        raise
     fsync_dir(final_dir.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -155,6 +188,8 @@ def write_dir_atomically(final_dir: Path, write: Callable[[Path], None],
     `write(tmp)` fills a fresh temporary directory beside `final_dir`; the entries of the existing
     `final_dir` for which `keep(entry)` holds are carried over first (hard links, else copies), the
     rest (checkpoints, stale files) go with the old directory. Every file is fsync-ed before the swap.
+    Raises `SwapUnavailable`, with `final_dir` unchanged, where the OS refuses the temporary
+    directory or the swap.
     """
     final_dir = Path(final_dir).resolve()  # "." has no name to swap; a symlink keeps pointing at the new copy
     final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +200,11 @@ def write_dir_atomically(final_dir: Path, write: Callable[[Path], None],
             break
         except FileExistsError:
             continue
+        except OSError as exc:
+            if _refused(exc):
+                raise SwapUnavailable(exc.errno, f"cannot create a directory beside {final_dir}: "
+                                                 f"{exc.strerror}") from exc
+            raise
     try:
         if final_dir.is_dir():
             for entry in final_dir.iterdir():
