@@ -45,10 +45,9 @@ class _BoundedH11(H11Protocol):
         old = getattr(self, "_head_timer", None)
         if old is not None:
             old.cancel()
-        cycle = self.cycle  # a new request head replaces it
-
-        def expire() -> None:
-            if self.cycle is cycle and not self.transport.is_closing():
+        def expire() -> None:  # only between requests: a pipelined request in flight is not cut off
+            between = self.cycle is None or self.cycle.response_complete
+            if between and not self.transport.is_closing():
                 self.transport.close()
 
         self._head_timer = self.loop.call_later(self.header_timeout, expire)
