@@ -196,6 +196,19 @@ def test_long_inputs_fit_a_128_position_model(tiny):
     assert max(map(len, bb.fit(ids, 8 + labels.answer_tokens))) == 128 - 8 - 3
 
 
+def test_a_run_records_how_many_inputs_it_cut(tiny, tmp_path):
+    """The count of cut inputs survives the run: prompt.json says how many this run's inputs were truncated."""
+    rows = [("negative" if i % 2 else "positive", LONG * 3 + f" {i}") for i in range(24)]  # each over 128 tokens
+    (tmp_path / "long.csv").write_text("label,text\n" + "".join(f'{y},"{x}"\n' for y, x in rows))
+    (tmp_path / "long.yaml").write_text(
+        f"name: long\ndata: {{train: {tmp_path / 'long.csv'}}}\nfields: {{text: text}}\ntemplate: \"{{text}}\"\n"
+        'verbalizer: {negative: " bad", positive: " good"}\n')
+    report = prompttune.train("zero-shot", tiny("gpt2"), str(tmp_path / "long.yaml"), shots=2, seed=0,
+                              out=tmp_path / "run", progress=False)
+    data = report.meta["data"]  # zero-shot scores the dev draw and the held-out rest, each input once
+    assert data["truncated_inputs"] == data["dev_size"] + data["eval_size"] == 20
+
+
 def test_truncation_keeps_the_end_and_only_the_models_own_special_tokens(tiny):
     """SmolLM2's tokenizer adds no BOS, so a cut input is its last tokens (it used to become "Review" + the tail);
     a tokenizer that adds a BOS keeps it in front."""

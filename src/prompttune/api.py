@@ -238,6 +238,7 @@ def train(
         resume=resume, progress=sys.stderr.isatty() if progress is None else progress,
         run_fingerprint=fingerprint, callbacks=list(callbacks or []), data_dir=Path(data_dir) if data_dir else None,
     )
+    cut_before = getattr(backbone, "truncated_inputs", 0)
     try:
         result = method_obj.fit(ctx)
     except BaseException:
@@ -258,7 +259,9 @@ def train(
         "backbone": backbone_meta(backbone),
         "task": task_meta(task_obj),
         "data": {"shots": shots, "dev_shots": dev_shots or shots, "seed": seed, "train_size": len(fewshot.train),
-                 "dev_size": len(fewshot.dev), "eval_split": split, "eval_size": len(test_examples)},
+                 "dev_size": len(fewshot.dev), "eval_split": split, "eval_size": len(test_examples),
+                 # inputs cut to fit the model's context during this run (training, selection, evaluation)
+                 "truncated_inputs": getattr(backbone, "truncated_inputs", 0) - cut_before},
         # "dev": the k-shot dev set used for selection; "eval": the held-out examples of `eval_split`
         "metrics": {"dev": dev.as_dict(), **({"eval": {"split": split, **test.as_dict()}} if test else {})},
         "history": result.history,

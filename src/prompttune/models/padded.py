@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import ModelError
-from .scoring import DeltaPrompt, LabelWords, Prefix, class_scores, one_hot_rows
+from .scoring import DeltaPrompt, LabelWords, Prefix, class_scores, one_hot_rows, prompt_length
 
 
 class PaddedPaths:
@@ -132,7 +132,7 @@ class PaddedPaths:
         """Class scores through a plain padded batch (single-token words); checks `score`'s packing."""
         if labels.needs_full_softmax:
             raise ModelError("score_padded supports single-token label words only; use score()")
-        token_ids = self.fit(token_ids, 0 if prompt is None else prompt.shape[-2])
+        token_ids = self.fit(token_ids, prompt_length(prompt))
         embeds, mask, positions, answer = self.padded_inputs(token_ids, prompt, padding_side)
         hidden = self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
         rows = torch.tensor([w[0] for w in labels.flat], device=self.device)

@@ -65,6 +65,13 @@ Prefix = Sequence[tuple[torch.Tensor, torch.Tensor]]
 PromptInput = torch.Tensor | DeltaPrompt | Prefix | None
 
 
+def prompt_length(prompt: torch.Tensor | DeltaPrompt | None) -> int:
+    """How many positions an input-embedding prompt takes before the input (0 for none)."""
+    if prompt is None:
+        return 0
+    return (prompt.embeddings if isinstance(prompt, DeltaPrompt) else prompt).shape[-2]
+
+
 def one_hot_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """`table[index]` through a one-hot matmul: its gradient is a matmul too, so it is deterministic,
     where indexing's scatter-add backward is not (repeated indices, several threads)."""
