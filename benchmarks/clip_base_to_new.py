@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import prompttune
 from prompttune.models.clip import load_clip_backbone
 from prompttune.tasks.images import load_image_task
 from prompttune.testing import lit_fashion_model
-from prompttune.vlm import train_clip
 
 METHODS = ["zero-shot-clip", "coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc"]
 
@@ -45,9 +45,10 @@ def main() -> None:
             r = rows.setdefault(method, {"base": [], "new": [], "hm": [], "secs": [], "params": []})
             for seed in args.seeds:
                 t = time.perf_counter()
-                rep = train_clip(method, bb, task, shots=args.shots, seed=seed, out=Path(tmp) / f"{method}-{seed}",
-                                 eval_limit=args.test_per_class, progress=False)
-                m = rep.meta["metrics"]
+                rep = prompttune.train(method, bb, task, shots=args.shots, seed=seed,
+                                       out=Path(tmp) / f"{method}-{seed}", eval_limit=args.test_per_class,
+                                       progress=False)
+                m = rep.meta["metrics"]["eval"]
                 r["base"].append(m["base"]["accuracy"])
                 r["new"].append(m["new"]["accuracy"])
                 r["hm"].append(m["hm"])

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prompttune.methods.clip_base import local_labels
+from prompttune.methods.family.clip import local_labels
 from prompttune.models.clip import ClipBackbone, cosine_logits, load_clip_backbone
 from prompttune.models.feature_cache import cached_image_features, clear_memory
 from prompttune.prompts.clip import ClipPrompt, PromptShape, context_init

@@ -25,7 +25,6 @@ from prompttune.errors import ConfigError, DataError
 from prompttune.models.clip import load_clip_backbone
 from prompttune.tasks.images import load_image_task
 from prompttune.testing import lit_fashion_model, tiny_clip
-from prompttune.vlm import load_clip, train_clip
 
 CLIP_METHODS = ["zero-shot-clip", "coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc", "tpt"]
 SMALL = {"steps": 4, "batch_size": 4, "eval_every": 2}  # mechanics only: a few steps
@@ -62,15 +61,15 @@ def test_towers_match_transformers(tiny):
 
 @pytest.mark.parametrize("method", CLIP_METHODS)
 def test_every_method_saves_loads_and_scores_base_and_new(method, tiny, fashion, tmp_path):
-    report = train_clip(method, tiny, fashion, shots=2, seed=0, out=tmp_path / method, eval_limit=3,
+    report = prompttune.train(method, tiny, fashion, shots=2, seed=0, out=tmp_path / method, eval_limit=3,
                         progress=False, **_params(method))
     meta = report.meta
     # base-to-new bookkeeping: trained on the 5 base classes only, scored on 3 test images of each class
     assert meta["task"]["trained_classes"] == fashion.base_classes
-    assert meta["metrics"]["base"]["n"] == 15 and meta["metrics"]["new"]["n"] == 15
-    base, new = meta["metrics"]["base"]["accuracy"], meta["metrics"]["new"]["accuracy"]
-    assert meta["metrics"]["hm"] == pytest.approx(0 if base + new == 0 else 2 * base * new / (base + new))
-    predictor = load_clip(report.out_dir, tiny, fashion)
+    assert meta["metrics"]["eval"]["base"]["n"] == 15 and meta["metrics"]["eval"]["new"]["n"] == 15
+    base, new = meta["metrics"]["eval"]["base"]["accuracy"], meta["metrics"]["eval"]["new"]["accuracy"]
+    assert meta["metrics"]["eval"]["hm"] == pytest.approx(0 if base + new == 0 else 2 * base * new / (base + new))
+    predictor = prompttune.load(report.out_dir, tiny, task=fashion)
     idx = fashion.test_indices(fashion.base_classes, 3)
     assert predictor.accuracy(fashion.test, idx, fashion.base_classes) == pytest.approx(base)
     shape = meta.get("prompt_shape")
@@ -80,7 +79,7 @@ def test_every_method_saves_loads_and_scores_base_and_new(method, tiny, fashion,
     if method == "promptsrc":
         assert shape["vision_depth"] == 2 and not shape["coupled"]
     if method == "tpt":  # the context is tuned per image and reset after each
-        assert torch.equal(predictor.prompt.ctx, load_clip(report.out_dir, tiny, fashion).prompt.ctx)
+        assert torch.equal(predictor.prompt.ctx, prompttune.load(report.out_dir, tiny, task=fashion).prompt.ctx)
     if method in ("coop", "cocoop", "kgcoop", "prograd", "maple", "promptsrc"):
         assert meta["trainable_parameters"] > 0
         assert [h["step"] for h in meta["history"]] == list(range(5))
@@ -94,11 +93,11 @@ def test_resume_is_bit_identical(method, tiny, fashion, tmp_path):
 
 
 def test_class_specific_context_has_no_new_class_score(tiny, fashion, tmp_path):
-    report = train_clip("coop", tiny, fashion, shots=2, out=tmp_path / "csc", eval_limit=2, progress=False,
+    report = prompttune.train("coop", tiny, fashion, shots=2, out=tmp_path / "csc", eval_limit=2, progress=False,
                         class_specific=True, **SMALL)
     assert report.meta["prompt_shape"]["class_specific"]
-    assert np.isnan(report.meta["metrics"]["new"]["accuracy"])
-    predictor = load_clip(report.out_dir, tiny, fashion)
+    assert np.isnan(report.meta["metrics"]["eval"]["new"]["accuracy"])
+    predictor = prompttune.load(report.out_dir, tiny, task=fashion)
     with pytest.raises(ConfigError, match="class-specific"):
         predictor.class_features(fashion.new_classes)
 
@@ -193,7 +192,7 @@ def test_cli_trains_a_clip_prompt(tiny, tmp_path, data_dir, fashion_mnist_instal
                                       "--eval-limit", "2", "--out", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "harmonic mean" in result.output and (tmp_path / "run" / "prompt.json").exists()
-    trained = load_clip(tmp_path / "run", tiny).meta["metrics"]
+    trained = prompttune.load(tmp_path / "run", tiny).meta["metrics"]["eval"]
     result = CliRunner().invoke(app, ["eval", str(tmp_path / "run"), "--limit", "2"])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == (f"base={trained['base']['accuracy']:.4f} "
@@ -228,12 +227,12 @@ def test_coop_beats_zero_shot_on_held_out_base_classes(lit, fashion, tmp_path):
                           progress=False)
     coop = prompttune.train("coop", lit, fashion, shots=16, seed=0, out=tmp_path / "coop", eval_limit=200,
                             progress=False)
-    zs_base = zs.meta["metrics"]["base"]["accuracy"]
-    coop_base = coop.meta["metrics"]["base"]["accuracy"]
-    assert coop.meta["metrics"]["base"]["n"] == 1000
+    zs_base = zs.meta["metrics"]["eval"]["base"]["accuracy"]
+    coop_base = coop.meta["metrics"]["eval"]["base"]["accuracy"]
+    assert coop.meta["metrics"]["eval"]["base"]["n"] == 1000
     assert coop_base > zs_base + 0.05, (zs_base, coop_base)
     # new classes were never trained on: both are scored, among the 5 new classes (chance 0.2)
-    assert zs.meta["metrics"]["new"]["accuracy"] > 0.2
+    assert zs.meta["metrics"]["eval"]["new"]["accuracy"] > 0.2
 
 
 def test_bench_grid_runs_clip_methods(tiny, tmp_path, fashion_mnist_installed):
@@ -255,7 +254,7 @@ methods:
     rows = ResultStore(tmp_path / "runs.db").rows("done")
     for row in rows:
         m = row["metrics"]
-        assert row["accuracy"] == pytest.approx(m["hm"]) and row["eval_size"] == 20
+        assert row["accuracy"] == pytest.approx(m["eval"]["hm"]) and row["eval_size"] == 20
     assert "coop" in build_report(tmp_path / "runs.db").markdown_table()
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"models: [{tiny.model_id}]\ntasks: [fashion-mnist]\nshots: [2]\nseeds: [0]\n"
@@ -295,7 +294,7 @@ def test_serve_classifies_base64_images_with_clip_artifacts(tiny, fashion, tmp_p
               {"image": _png_base64(images[2], "RGBA")}]  # opaque RGBA: the same pixels once composited
     reply = client.post("/v1/classify", json={"model": "coop", "input": inputs}, headers=auth)
     assert reply.status_code == 200, reply.text
-    predictor = load_clip(tmp_path / "coop", tiny)
+    predictor = prompttune.load(tmp_path / "coop", tiny)
     expected = predictor.logits(fashion.test, [0, 1, 2], predictor.all_classes()).softmax(-1)  # the cached path
     for row, want in zip(reply.json()["data"], expected, strict=True):
         assert list(row["scores"]) == fashion.classes
@@ -417,9 +416,9 @@ def test_open_clip_checkpoint_runs_as_the_same_clip_backbone(tiny, fashion, tmp_
     converted = list((tmp_path / "cache" / "open_clip").iterdir())
     assert len(converted) == 1
     stamp = (converted[0] / "config.json").stat().st_mtime_ns
-    again = load_clip(tmp_path / "coop")  # reloads the recorded open_clip source from the conversion cache
+    again = prompttune.load(tmp_path / "coop")  # reloads the recorded open_clip source from the conversion cache
     assert again.backbone.model_id == source and (converted[0] / "config.json").stat().st_mtime_ns == stamp
-    assert torch.allclose(again.probabilities(list(images)), load_clip(tmp_path / "coop", oc).probabilities(
+    assert torch.allclose(again.probabilities(list(images)), prompttune.load(tmp_path / "coop", oc).probabilities(
         list(images)), atol=1e-6)
 
     bad = tmp_path / "layerscale"

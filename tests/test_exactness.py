@@ -22,6 +22,8 @@ from prompttune.errors import DataError
 from prompttune.models import load_backbone
 from prompttune.prompts.hard import HardPrompt
 from prompttune.search.engine import CandidateScorer
+from prompttune.serve.mixed import answer_hidden_mixed
+from prompttune.testing import score_padded, score_reference
 
 SINGLE = [[" negative"], [" positive"]]
 MULTI = [[" not good at all"], [" positive", " great"]]
@@ -73,17 +75,17 @@ def _check_scores(bb, ids) -> None:
     for words in (SINGLE, MULTI):
         labels = bb.label_words(words)
         for p in (None, prompt):
-            reference = bb.score_reference(ids, labels, p)
+            reference = score_reference(bb, ids, labels, p)
             for shared in (True, False):
                 bb.share_prompt_prefix = shared
                 assert _close(bb.score(ids, labels, p), reference), (words, p is None, shared)
             if words is SINGLE:
                 for side in ("left", "right"):
-                    assert _close(bb.score_padded(ids, labels, p, side), reference), side
+                    assert _close(score_padded(bb, ids, labels, p, side), reference), side
         per = torch.stack([prompt, prompt.flip(0), 0.5 * prompt])
-        reference = torch.cat([bb.score_reference([x], labels, q) for x, q in zip(ids, per, strict=True)])
+        reference = torch.cat([score_reference(bb, [x], labels, q) for x, q in zip(ids, per, strict=True)])
         assert _close(bb.score(ids, labels, per), reference)
-    mixed = bb.answer_hidden_mixed(ids, [0, -1, 1], [prompt, prompt[:5]])
+    mixed = answer_hidden_mixed(bb, ids, [0, -1, 1], [prompt, prompt[:5]])
     for x, j, h in zip(ids, [0, -1, 1], mixed, strict=True):
         embeds, mask, positions, answer = bb.padded_inputs([x], None if j < 0 else [prompt, prompt[:5]][j])
         alone = bb.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
@@ -95,7 +97,7 @@ def _check_gradients(bb, ids) -> None:
     labels = bb.label_words(SINGLE)
     golds = torch.tensor([0, 1, 0])
     grads = []
-    for run in (lambda p: bb.score(ids, labels, p), lambda p: bb.score_reference(ids, labels, p)):
+    for run in (lambda p: bb.score(ids, labels, p), lambda p: score_reference(bb, ids, labels, p)):
         prompt = bb.embed(torch.arange(1000, 1020)).detach().requires_grad_(True)
         F.cross_entropy(run(prompt), golds).backward()
         grads.append(prompt.grad)
@@ -115,7 +117,7 @@ def test_sliding_window_models_score_packed_equal_padded_equal_reference(name, t
     deep = bb.prefix_from_embeddings(soft)  # every layer keeps all 20 positions, window or not
     assert {k.shape[-2] for k, _ in deep} == {20}
     labels = bb.label_words(MULTI)
-    assert _close(bb.score(ids, labels, deep), bb.score_reference(ids, labels, soft))
+    assert _close(bb.score(ids, labels, deep), score_reference(bb, ids, labels, soft))
 
 
 @pytest.mark.parametrize("name", ["mistral", "gemma3", "lfm2"])
@@ -139,7 +141,7 @@ def test_search_engine_scores_equal_the_reference(name, tiny, sst2):
         labels = bb.label_words(words)
         scorer = CandidateScorer(bb, sst2, labels, examples)
         for prompt, fast in zip(prompts, scorer.score(prompts), strict=True):
-            reference = bb.score_reference(bb.tokenize(scorer.render(prompt.template)), labels)
+            reference = score_reference(bb, bb.tokenize(scorer.render(prompt.template)), labels)
             assert _close(fast, reference), (prompt, (fast - reference).abs().max())
 
 
@@ -165,7 +167,7 @@ def test_scoring_and_generation_emit_no_deprecation_warnings(tiny, sst2):
             bb.score(ids, labels, soft)
         deep = bb.prefix_from_embeddings(soft)
         bb.score(ids, labels, deep)
-        bb.answer_hidden_mixed(ids, [0, -1], [soft])
+        answer_hidden_mixed(bb, ids, [0, -1], [soft])
         bb.generate(["Review: bad\nSentiment:"], soft, max_new_tokens=2)
         bb.generate(["Review: bad\nSentiment:"], deep, max_new_tokens=2)
         template = sst2.spec.template
@@ -186,7 +188,7 @@ def test_long_inputs_fit_a_128_position_model(tiny):
         warnings.simplefilter("always")
         ids = bb.tokenize(texts)
         scores = bb.score(ids, labels, prompt)
-        reference = bb.score_reference(ids, labels, prompt)
+        reference = score_reference(bb, ids, labels, prompt)
         generated = bb.generate(texts, prompt, max_new_tokens=4)
         bb.score(bb.tokenize(texts), labels, prompt)
     cuts = [str(w.message) for w in caught if "longer than" in str(w.message)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from prompttune.testing import score_reference
+
 
 @pytest.fixture(scope="module")
 def gemma():
@@ -22,7 +24,7 @@ def test_gemma_scores_equal_full_logits_and_generation_is_padding_invariant(gemm
     prompt = gemma.embed(torch.arange(1000, 1008)).detach()
     for words in ([[" negative"], [" positive"]], [[" not good at all"], [" positive"]]):
         labels = gemma.label_words(words)
-        fast, reference = gemma.score(ids, labels, prompt), gemma.score_reference(ids, labels, prompt)
+        fast, reference = gemma.score(ids, labels, prompt), score_reference(gemma, ids, labels, prompt)
         assert torch.allclose(fast, reference, atol=1e-4), (fast - reference).abs().max()
     batched = gemma.generate(texts, prompt, max_new_tokens=6)
     assert batched == [gemma.generate([t], prompt, max_new_tokens=6)[0] for t in texts]

@@ -347,7 +347,6 @@ def test_clip_artifacts_resume_and_load_checks(tmp_path):
     from prompttune.models.clip import load_clip_backbone
     from prompttune.tasks.images import FASHION_MNIST_CLASSES, FASHION_MNIST_TEMPLATES, ImageSplit, ImageTask
     from prompttune.testing import tiny_clip
-    from prompttune.vlm import load_clip, train_clip
 
     clip = load_clip_backbone(str(tiny_clip(tmp_path / "clip")), device="cpu")
     gen = torch.Generator().manual_seed(0)
@@ -360,14 +359,14 @@ def test_clip_artifacts_resume_and_load_checks(tmp_path):
     task = ImageTask("toy-images", list(FASHION_MNIST_CLASSES[:3]), split(6), split(2), list(FASHION_MNIST_TEMPLATES))
     params = {"steps": 2, "batch_size": 2, "eval_every": 2}
     out = tmp_path / "coop"
-    train_clip("coop", clip, task, shots=2, seed=0, out=out, base_to_new=False, progress=False, **params)
+    prompttune.train("coop", clip, task, shots=2, seed=0, out=out, base_to_new=False, progress=False, **params)
     with pytest.raises(ConfigError, match="different run"):
-        train_clip("coop", clip, task, shots=2, seed=1, out=out, base_to_new=False, resume=True, progress=False,
-                   **params)
+        prompttune.train("coop", clip, task, shots=2, seed=1, out=out, base_to_new=False, resume=True,
+                         progress=False, **params)
     meta, tensors = read_artifact(out)
     save_file({"ctx": torch.zeros(4, 7)}, str(out / ARTIFACT_TENSORS))
     with pytest.raises(ArtifactError, match=r"tensor 'ctx' .* shape \(4, 7\)"):
-        load_clip(out, model=clip, task=task)
+        prompttune.load(out, model=clip, task=task)
 
 
 # --------------------------------------------------------------------------- item 19: data files

@@ -9,8 +9,8 @@ import pytest
 import prompttune
 from prompttune.api import held_out
 from prompttune.evaluation import evaluate_prompt
+from prompttune.methods.family.llm import extract_instructions, sign_test_p
 from prompttune.prompts.hard import HardPrompt
-from prompttune.search.llm_search import extract_instructions, sign_test_p
 from prompttune.tasks import load_task
 
 HELD_OUT = 120

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from prompttune.testing import score_padded, score_reference
+
 TEXTS = [
     "Review: a gorgeous, witty, seductive movie.\nSentiment:",
     "Review: bad\nSentiment:",
@@ -35,7 +37,7 @@ def test_label_scores_equal_full_logits(backbone, prompt_mode):
     labels = backbone.label_words([[" negative"], [" positive"]])
     for prompt in (None, _prompt(backbone)):
         fast = backbone.score(ids, labels, prompt)
-        reference = backbone.score_reference(ids, labels, prompt)
+        reference = score_reference(backbone, ids, labels, prompt)
         assert torch.allclose(fast, reference, atol=1e-4), (fast - reference).abs().max()
         # several rows of packing give the same numbers
         assert torch.allclose(backbone.score(ids, labels, prompt, max_row_tokens=30), reference, atol=1e-4)
@@ -48,7 +50,7 @@ def test_multi_token_and_multi_word_labels_equal_full_logits(backbone, prompt_mo
     assert labels.needs_full_softmax and max(len(w) for w in labels.flat) > 2
     for prompt in (None, _prompt(backbone)):
         fast = backbone.score(ids, labels, prompt)
-        reference = backbone.score_reference(ids, labels, prompt)
+        reference = score_reference(backbone, ids, labels, prompt)
         assert torch.allclose(fast, reference, atol=1e-4), (fast - reference).abs().max()
 
 
@@ -59,7 +61,7 @@ def test_prompt_placement_under_left_and_right_padding(backbone):
     prompt = _prompt(backbone)
     packed = backbone.score(ids, labels, prompt)
     for side in ("left", "right"):
-        padded = backbone.score_padded(ids, labels, prompt, padding_side=side)
+        padded = score_padded(backbone, ids, labels, prompt, padding_side=side)
         assert torch.allclose(padded, packed, atol=1e-4), (side, (padded - packed).abs().max())
     embeds, mask, positions, answer = backbone.padded_inputs(ids, prompt, padding_side="left")
     short = min(range(len(ids)), key=lambda i: len(ids[i]))
@@ -74,7 +76,7 @@ def test_prompt_gradients_equal_padded_reference(backbone, prompt_mode):
     labels = backbone.label_words([[" negative"], [" positive"]])
     golds = torch.tensor([1, 0, 0, 1])
     grads = []
-    for fn in (backbone.score, lambda i, lab, p: backbone.score_padded(i, lab, p, padding_side="left")):
+    for fn in (backbone.score, lambda i, lab, p: score_padded(backbone, i, lab, p, padding_side="left")):
         prompt = _prompt(backbone).requires_grad_(True)
         torch.nn.functional.cross_entropy(fn(ids, labels, prompt), golds).backward()
         grads.append(prompt.grad)

@@ -20,10 +20,10 @@ import torch
 import uvicorn
 
 import prompttune
-from prompttune.artifact import load
+from prompttune.api import load, serving_engine
 from prompttune.errors import ModelError
 from prompttune.llm import LLMError, make_llm
-from prompttune.serve import Engine, create_app, load_prompts
+from prompttune.serve import create_app
 
 KEY = "test-key"
 
@@ -49,7 +49,7 @@ def artifacts(backbone, data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(backbone, artifacts):
     specs = [f"{n}={artifacts / n}" for n in ("soft", "hard", "trec")]
-    engine = Engine(backbone, load_prompts(backbone, specs), max_batch=64)
+    engine = serving_engine(specs, backbone, max_batch=64)
     app = create_app(engine, api_key=KEY, max_body_bytes=20_000, max_tokens_limit=64)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -277,7 +277,7 @@ def own_server(tiny_llama_dir, data_dir, tmp_path_factory):
     prompttune.train("p-tuning-v2", tiny, "sst2", data_dir, out=root / "deep", steps=1, n_tokens=4, **common)
     prompttune.train("prompt-boosting", tiny, "sst2", data_dir, out=root / "boost", n_prompts=2, n_learners=2,
                      budget=64, **common)
-    engine = Engine(tiny, load_prompts(tiny, [f"deep={root / 'deep'}", f"boost={root / 'boost'}"]), batch_wait_ms=50)
+    engine = serving_engine([f"deep={root / 'deep'}", f"boost={root / 'boost'}"], tiny, batch_wait_ms=50)
     app = create_app(engine, api_key=KEY, max_tokens_limit=2000)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -31,8 +31,9 @@ import pytest
 import torch
 
 import prompttune
+from prompttune.api import serving_engine
 from prompttune.models import load_backbone
-from prompttune.serve import Engine, create_app, load_prompts, make_server
+from prompttune.serve import create_app, make_server
 
 KEY = "k"
 SENTENCES = [f"review number {i}: {'a warm, funny film' if i % 2 else 'dull and far too long'}" for i in range(256)]
@@ -125,7 +126,7 @@ def artifacts(tiny, data_dir, tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tiny, artifacts):
-    engine = Engine(tiny, load_prompts(tiny, artifacts), max_batch=64)
+    engine = serving_engine(artifacts, tiny, max_batch=64)
     app = create_app(engine, api_key=KEY, max_tokens_limit=1000, request_timeout=30, body_timeout=1.0)
     with running(app, engine) as url:
         yield {"url": url, "engine": engine, "backbone": next(iter(engine.prompts))}
@@ -157,7 +158,7 @@ def test_a_small_request_is_not_stuck_behind_a_big_one(server):
 
 # ---------------------------------------------------------------------------------------------- item 2
 def test_generation_is_capped_per_request_split_into_batches_and_shared(tiny, artifacts):
-    engine = Engine(tiny, load_prompts(tiny, artifacts[:1]), max_batch=16)
+    engine = serving_engine(artifacts[:1], tiny, max_batch=16)
     app = create_app(engine, api_key=KEY, max_request_rows=48, request_timeout=60)
     backbone = next(iter(engine.prompts))
     with running(app, engine) as url:
@@ -266,23 +267,53 @@ def _png(width: int, height: int) -> bytes:
             + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
-def test_image_bombs_are_refused_from_the_header(tmp_path):
+@pytest.fixture(scope="module")
+def clip_zs(tmp_path_factory):
+    """A tiny random CLIP model and a zero-shot artifact on a two-class image folder."""
     from PIL import Image
 
     from prompttune.models.clip import load_clip_backbone
-    from prompttune.serve.clip import ClipEngine, load_clip_prompts
     from prompttune.testing import tiny_clip
 
+    root = tmp_path_factory.mktemp("serve-clip")
     for split in ("train", "test"):
         for name, colour in (("coat", (200, 30, 30)), ("sandal", (30, 30, 200))):
-            folder = tmp_path / "images" / split / name
+            folder = root / "images" / split / name
             folder.mkdir(parents=True)
             for i in range(2):
                 Image.fromarray(np.full((28, 28, 3), colour, np.uint8)).save(folder / f"{i}.png")
-    clip = load_clip_backbone(str(tiny_clip(tmp_path / "clip")), device="cpu")
-    prompttune.train("zero-shot-clip", clip, str(tmp_path / "images"), shots=1, out=tmp_path / "zs", eval_limit=2,
+    clip = load_clip_backbone(str(tiny_clip(root / "clip")), device="cpu")
+    prompttune.train("zero-shot-clip", clip, str(root / "images"), shots=1, out=root / "zs", eval_limit=2,
                      progress=False)
-    engine = ClipEngine(clip, load_clip_prompts(clip, [f"zs={tmp_path / 'zs'}"]))
+    return clip, root / "zs"
+
+
+def test_one_server_serves_one_kind_and_each_name_once(clip_zs, tiny, artifacts, backbone):
+    """The engine comes from the artifacts' kind: kinds are not mixed, and a kind's engine refuses another's."""
+    from prompttune.errors import ArtifactError, ConfigError
+    from prompttune.kinds import get_kind
+
+    clip, zs = clip_zs
+    with pytest.raises(ConfigError, match=r"artifacts of different kinds \(clip: .*zs; text: zs=.*\) cannot be "
+                                          "served together"):
+        serving_engine([str(zs), artifacts[0]], clip)
+    with pytest.raises(ConfigError, match=rf"artifact {zs} is a clip artifact; this server runs the text model"):
+        get_kind("text").engine(tiny, [str(zs)])
+    with pytest.raises(ConfigError, match="is a text artifact; this server runs the clip model"):
+        get_kind("clip").engine(clip, [artifacts[0].partition("=")[2]])
+    with pytest.raises(ConfigError, match="artifact name 'a' is used twice"):
+        serving_engine([f"a={zs}", f"a={zs}"], clip)
+    with pytest.raises(ConfigError, match=f"artifact name '{Path(tiny.model_id).name}' is used twice"):
+        serving_engine([f"{Path(tiny.model_id).name}={artifacts[0].partition('=')[2]}"], tiny)
+    with pytest.raises(ArtifactError, match=rf"artifact {artifacts[0].partition('=')[2]} was trained on backbone"):
+        serving_engine(artifacts[:1], backbone)  # trained on the tiny model, not on smollm2
+
+
+def test_image_bombs_are_refused_from_the_header(clip_zs):
+    from PIL import Image
+
+    clip, zs = clip_zs
+    engine = serving_engine([f"zs={zs}"], clip)
     app = create_app(engine, api_key=KEY, max_body_bytes=2_000_000, max_image_pixels=2000 * 2000,
                      max_decoded_bytes=20 * 2**20)
     ok = io.BytesIO()

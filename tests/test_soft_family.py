@@ -10,6 +10,7 @@ import prompttune
 from helpers import GAIN, HELD_OUT_DEV, assert_resume_is_bit_identical
 from prompttune.artifact import ARTIFACT_TENSORS
 from prompttune.methods import get_method
+from prompttune.testing import score_padded
 
 
 @pytest.mark.parametrize("method", ["residual-prompt-tuning", "lopt", "p-tuning"])
@@ -75,7 +76,7 @@ def test_dept_input_update_is_placed_by_token_position(backbone):
     packed = backbone.score(ids, labels, DeltaPrompt(soft, delta))
     assert (packed - plain).abs().max() > 0.1  # the update is really applied
     for side in ("left", "right"):  # and lands on the same tokens through the padded path
-        padded = backbone.score_padded(ids, labels, DeltaPrompt(soft, delta), padding_side=side)
+        padded = score_padded(backbone, ids, labels, DeltaPrompt(soft, delta), padding_side=side)
         assert torch.allclose(packed, padded, atol=1e-4)
 
 
@@ -104,7 +105,7 @@ def test_per_example_prompts_score_like_one_example_at_a_time(backbone):
     for i in range(3):
         alone = backbone.score([ids[i]], labels, prompts[i])
         assert torch.allclose(batched[i], alone[0], atol=1e-4)
-    assert torch.allclose(backbone.score_padded(ids, labels, prompts), batched, atol=1e-4)
+    assert torch.allclose(score_padded(backbone, ids, labels, prompts), batched, atol=1e-4)
 
 
 def test_instance_prompt_beats_zero_shot_and_generates(backbone, data_dir, tmp_path, zero_shot_accuracy):

@@ -24,8 +24,9 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import ArtifactError, ConfigError
-from .models import BACKBONE_TYPES, Backbone, DeltaPrompt, EncoderPrompt, load_backbone
+from .models import Backbone
 from .models.loading import FINGERPRINT_VERSION, fingerprint_of
+from .prompts.kinds import get_prompt_kind
 from .utils.io import SwapUnavailable, atomic_save_tensors, atomic_write_text, json_text, write_dir_atomically
 
 ARTIFACT_JSON = "prompt.json"
@@ -33,7 +34,6 @@ ARTIFACT_TENSORS = "prompt.safetensors"
 RUN_JSON = "run.json"  # an unfinished run's identity (see api.train); gone once the artifact is written
 LEDGER = "llm_ledger.jsonl"  # an LLM-driven method's record of its calls; kept with the artifact
 FORMAT_VERSION = 1
-PROMPT_KINDS = ("none", "soft", "kv", "dept", "instance", "encoder-head", "hard", "boosted", "clip")
 
 
 def _checkpoint(name: str) -> bool:
@@ -116,7 +116,7 @@ def foreign_entries(path: Path) -> list[str]:
 _TYPE_NAMES = {str: "a string", int: "an integer", dict: "a mapping", list: "a list", float: "a number"}
 
 
-def _field(meta: Mapping[str, Any], dotted: str, kind: type | tuple[type, ...], where: Path,
+def field_of(meta: Mapping[str, Any], dotted: str, kind: type | tuple[type, ...], where: Path,
            required: bool = True) -> Any:
     """prompt.json's field `dotted` (e.g. "task.template"), which must be of type `kind`."""
     value: Any = meta
@@ -136,35 +136,22 @@ def _field(meta: Mapping[str, Any], dotted: str, kind: type | tuple[type, ...], 
 def _check_fields(meta: Any, where: Path) -> None:
     if not isinstance(meta, dict):
         raise ArtifactError(f"{where}: must hold a JSON object, not {type(meta).__name__}")
-    version = _field(meta, "format_version", int, where)
+    version = field_of(meta, "format_version", int, where)
     if not 1 <= version <= FORMAT_VERSION:
         raise ArtifactError(f"{where}: format_version {version} is not one this prompttune reads (1 to "
                             f"{FORMAT_VERSION}); it was written by a newer version, upgrade prompttune")
-    _field(meta, "method", str, where)
-    kind = _field(meta, "prompt_kind", str, where)
-    if kind not in PROMPT_KINDS:
-        raise ArtifactError(f"{where}: prompt_kind '{kind}' is not known to this version")
-    _field(meta, "backbone.id", str, where)
-    _field(meta, "backbone.fingerprint", str, where)
-    _field(meta, "backbone.fingerprint_version", int, where, required=False)
-    _field(meta, "task", dict, where)
-    if kind == "clip":
-        for name in ("classes", "templates", "trained_classes"):
-            _field(meta, f"task.{name}", list, where)
-        _field(meta, "prompt_shape", dict, where, required=False)
-        return
-    _field(meta, "task.template", str, where)
-    fields = _field(meta, "task.input_fields", list, where)
-    if not fields or not all(isinstance(f, str) for f in fields):
-        raise ArtifactError(f"{where}: field 'task.input_fields' must be a non-empty list of strings")
-    verbalizer = _field(meta, "task.verbalizer", dict, where)
-    for label, words in verbalizer.items():
-        ok = isinstance(words, str) or (isinstance(words, list) and words and all(isinstance(w, str) for w in words))
-        if not ok:
-            raise ArtifactError(f"{where}: field 'task.verbalizer.{label}' must be a word or a non-empty list of "
-                                f"words, not {words!r:.60}")
-    if kind in ("hard", "boosted"):
-        _field(meta, "text_prompt", dict, where)
+    field_of(meta, "method", str, where)
+    kind = field_of(meta, "prompt_kind", str, where)
+    try:
+        prompt_kind = get_prompt_kind(kind)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{where}: {exc}") from None
+    field_of(meta, "backbone.id", str, where)
+    field_of(meta, "backbone.fingerprint", str, where)
+    field_of(meta, "backbone.fingerprint_version", int, where, required=False)
+    field_of(meta, "task", dict, where)  # its fields are the kind's to check (kinds/*.check_meta)
+    if prompt_kind.needs_text:
+        field_of(meta, "text_prompt", dict, where)
 
 
 def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -192,11 +179,14 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     return meta, tensors
 
 
-def backbone_meta(backbone: Backbone) -> dict[str, Any]:
+def backbone_meta(backbone: Any) -> dict[str, Any]:
     """What an artifact records of its backbone; `fingerprint` is what loading checks."""
-    return {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "fingerprint_version": FINGERPRINT_VERSION,
-            "class": type(backbone.model).__name__, "hidden_size": backbone.hidden_size,
+    meta = {"id": backbone.model_id, "fingerprint": backbone.fingerprint, "fingerprint_version": FINGERPRINT_VERSION,
+            "kind": backbone.kind, "class": type(backbone.model).__name__,
             "dtype": str(backbone.dtype).removeprefix("torch.")}
+    if hasattr(backbone, "hidden_size"):
+        meta["hidden_size"] = backbone.hidden_size
+    return meta
 
 
 def task_meta(task) -> dict[str, Any]:
@@ -223,74 +213,20 @@ def check_backbone(meta: Mapping[str, Any], backbone: Backbone, where: str) -> N
         )
 
 
-def _expected_shapes(kind: str, backbone, n_labels: int) -> dict[str, tuple[str, ...]]:
-    """Per tensor, its expected shape: a number where the backbone fixes it, a name where it is free."""
-    hidden = str(backbone.hidden_size)
-    if kind in ("soft", "dept", "instance"):
-        shapes = {"prompt": ("n_tokens", hidden)} if kind != "instance" else {"weight": ("n_tokens", hidden),
-                                                                                "down.weight": ("bottleneck", hidden)}
-        if kind == "dept":
-            shapes["input_delta"] = ("positions", hidden)
-        return shapes
-    if kind in ("kv", "encoder-head"):
-        if kind == "kv":
-            from .prompts.deep import kv_shape
-
-            layers, heads, head_dim = kv_shape(backbone.model.config)
-        else:
-            layers, heads, head_dim = backbone.kv_shape
-        kv = (str(layers), str(heads), "n_tokens", str(head_dim))
-        shapes = {"keys": kv, "values": kv}
-        if kind == "encoder-head":
-            shapes.update({"head.weight": (str(n_labels), hidden), "head.bias": (str(n_labels),)})
-        return shapes
-    return {}
-
-
 def check_tensors(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], backbone, where: str) -> None:
-    """Refuse tensors whose shapes do not fit `backbone` (e.g. a prompt of another hidden size) or the
-    artifact's own labels, naming the tensor and both shapes."""
-    kind = meta["prompt_kind"]
-    sizes: dict[str, int] = {}
-    for name, want in _expected_shapes(kind, backbone, len(meta["task"].get("verbalizer", {}))).items():
-        if name not in tensors:
-            raise ArtifactError(f"{where}: a '{kind}' artifact needs the tensor '{name}' in {ARTIFACT_TENSORS}")
-        got = tuple(tensors[name].shape)
-        ok = len(got) == len(want) and all(
-            (w.isdigit() and int(w) == g) or (not w.isdigit() and sizes.setdefault(w, g) == g)
-            for w, g in zip(want, got, strict=False))
-        if not ok or not tensors[name].is_floating_point():
-            raise ArtifactError(
-                f"{where}: tensor '{name}' is {tensors[name].dtype} of shape {got}; model '{backbone.model_id}' needs "
-                f"a float tensor of shape ({', '.join(want)})"
-            )
+    """Refuse tensors that do not fit `backbone` or the artifact's own labels (its prompt kind's check)."""
+    get_prompt_kind(meta["prompt_kind"]).check(meta, tensors, backbone, where)
 
 
 def prompt_from_tensors(kind: str, tensors: Mapping[str, torch.Tensor], device=None,
                         text: Mapping[str, Any] | None = None):
-    """What `backbone.score` takes for an artifact: None, soft embeddings, or per-layer (keys, values);
-    for text prompts (`text` is prompt.json's "text_prompt") a `HardPrompt` or `BoostedPrompts`."""
-    if kind in ("hard", "boosted", "clip"):
-        from .prompts.hard import BoostedPrompts, HardPrompt
-
-        if not text:
-            raise ArtifactError(f"a '{kind}' artifact needs its 'text_prompt' in {ARTIFACT_JSON}")
-        return HardPrompt.from_meta(text) if kind == "hard" else BoostedPrompts.from_meta(text)
-    if kind == "soft":
-        return tensors["prompt"].to(device)
-    if kind == "dept":
-        return DeltaPrompt(tensors["prompt"].to(device), tensors["input_delta"].to(device))
-    if kind == "instance":
-        from .prompts.instance import InstancePrompt
-
-        return InstancePrompt.from_state(dict(tensors)).to(device).eval()
-    if kind == "encoder-head":
-        keys, values = tensors["keys"].to(device), tensors["values"].to(device)
-        prefix = list(zip(keys, values, strict=True)) if keys.shape[2] else None
-        return EncoderPrompt(prefix, tensors["head.weight"].to(device), tensors["head.bias"].to(device))
-    if kind == "kv":
-        return list(zip(tensors["keys"].to(device), tensors["values"].to(device), strict=True))
-    return None
+    """What `backbone.score` takes for an artifact of prompt kind `kind`: None, soft embeddings, per-layer
+    (keys, values), ...; for text prompts (`text` is prompt.json's "text_prompt") a `HardPrompt` or
+    `BoostedPrompts`."""
+    prompt_kind = get_prompt_kind(kind)
+    if prompt_kind.needs_text and not text:
+        raise ArtifactError(f"a '{kind}' artifact needs its 'text_prompt' in {ARTIFACT_JSON}")
+    return prompt_kind.build(tensors, device, text)
 
 
 class Predictor:
@@ -346,6 +282,12 @@ class Predictor:
             out.append(torch.log_softmax(self.backbone.score(ids, self.label_words, self.prompt).float(), -1).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
+    def classify(self, inputs: Sequence[str | Mapping[str, str]]) -> list[tuple[str, dict[str, float]]]:
+        """Per input, the predicted label and the probability of every label."""
+        rows = self.scores(inputs).exp().tolist()
+        return [(self.labels[max(range(len(r)), key=r.__getitem__)], dict(zip(self.labels, r, strict=True)))
+                for r in rows]
+
     def predict(self, inputs: Sequence[str | Mapping[str, str]]) -> list[str]:
         return [self.labels[i] for i in self.scores(inputs).argmax(1).tolist()]
 
@@ -356,16 +298,3 @@ class Predictor:
         rendered = text if raw and isinstance(text, str) else self.render(text)
         return self.backbone.generate([rendered], self.prompt, max_new_tokens=max_new_tokens, **kwargs)[0]
 
-
-def load(
-    path: str | Path, model: str | Backbone | None = None, device: str = "auto", dtype: str = "auto"
-) -> Predictor:
-    """Load an artifact with its backbone (the recorded one unless `model` is given), refusing a
-    backbone whose weights differ from those the prompt was trained on."""
-    meta, tensors = read_artifact(path)
-    if isinstance(model, BACKBONE_TYPES):
-        backbone = model
-    else:
-        backbone = load_backbone(model or meta["backbone"]["id"], device=device, dtype=dtype)
-    check_backbone(meta, backbone, f"artifact {path}")
-    return Predictor(backbone, meta, tensors, f"artifact {path}")

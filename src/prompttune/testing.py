@@ -8,6 +8,9 @@
   captions made from templates and other names for the classes (`CAPTION_NAMES`). The new classes
   were never seen by the image tower, so their accuracy comes from MiniLM's semantics: a miniature
   of CLIP's base-to-new setting. It is built once (about a minute on 2 cores) and cached under `<cache>/testing/`.
+
+And two slow yardsticks the tests and benchmarks hold `CausalLMBackbone.score`'s packing against:
+`score_padded` (a plain padded batch) and `score_reference` (one naive sequence per example and word).
 """
 
 from __future__ import annotations
@@ -17,13 +20,20 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from .errors import ModelError
+from .models.scoring import DeltaPrompt, LabelWords, class_scores, prompt_length
 from .tasks.images import FASHION_MNIST_BASE, FASHION_MNIST_CLASSES, FASHION_MNIST_TEMPLATES, fashion_mnist
 from .utils.env import cache_dir
+
+if TYPE_CHECKING:
+    from .models import CausalLMBackbone
 
 LIT_VERSION = 2
 
@@ -185,3 +195,45 @@ def lit_fashion_model(root: Path | None = None, epochs: int = 3, images_per_clas
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def score_padded(
+    backbone: CausalLMBackbone, token_ids: Sequence[Sequence[int]], labels: LabelWords,
+    prompt: torch.Tensor | DeltaPrompt | None = None, padding_side: str = "left",
+) -> torch.Tensor:
+    """Class scores through a plain padded batch (single-token words only): checks `score`'s packing."""
+    bb = backbone
+    if labels.needs_full_softmax:
+        raise ModelError("score_padded supports single-token label words only; use score()")
+    token_ids = bb.fit(token_ids, prompt_length(prompt))
+    embeds, mask, positions, answer = bb.padded_inputs(token_ids, prompt, padding_side)
+    hidden = bb._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+    rows = torch.tensor([w[0] for w in labels.flat], device=bb.device)
+    word_scores = bb._logits(hidden[torch.arange(len(token_ids), device=bb.device), answer], rows)
+    return class_scores(word_scores, labels)
+
+
+def score_reference(
+    backbone: CausalLMBackbone, token_ids: Sequence[Sequence[int]], labels: LabelWords,
+    prompt: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The naive computation: one sequence per (example, word), full-vocabulary logits everywhere.
+
+    Slow on purpose; it is the yardstick `score` is tested and benchmarked against.
+    """
+    bb, flat = backbone, labels.flat
+    token_ids = bb.fit(token_ids, (0 if prompt is None else prompt.shape[-2]) + labels.answer_tokens)
+    out = torch.zeros(len(token_ids), len(flat))
+    for i, x in enumerate(token_ids):
+        for w_idx, word in enumerate(flat):
+            embeds = bb.embed(torch.tensor(list(x) + list(word[:-1]), device=bb.device)[None])
+            if prompt is not None:
+                embeds = torch.cat([prompt.to(bb.device, bb.dtype)[None], embeds], 1)
+            logits = bb.model(inputs_embeds=embeds).logits[0].float()  # (T, V): every position
+            tail = logits[len(logits) - len(word) :]
+            if labels.needs_full_softmax:
+                tail = torch.log_softmax(tail, -1)
+                out[i, w_idx] = tail.gather(-1, torch.tensor(word, device=tail.device)[:, None]).sum()
+            else:
+                out[i, w_idx] = tail[0, word[0]]
+    return class_scores(out, labels)

@@ -195,21 +195,48 @@ def _check_claims(claims: Any, where: _Where) -> list[dict[str, Any]]:
     return claims
 
 
-def _is_image_yaml(path: str) -> bool:
-    """An image task file names `train` as a folder or CSV (text task files have `data:`)."""
-    if not path.endswith((".yaml", ".yml")) or not Path(path).is_file():
-        return False
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return False
-    return isinstance(doc, dict) and "train" in doc and "data" not in doc
+class _TaskLoads:
+    """Whether a kind loads a task (each pair tried once): the error it gave, or None."""
+
+    def __init__(self, data_dir: str | None):
+        self.data_dir, self.seen = data_dir, {}
+
+    def error(self, kind, task: str) -> PromptTuneError | None:
+        key = (kind.name, task)
+        if key not in self.seen:
+            try:
+                kind.load_task(task, self.data_dir)
+                self.seen[key] = None
+            except PromptTuneError as exc:
+                self.seen[key] = exc
+            except (OSError, ValueError) as exc:  # a file another kind reads: not one of this kind's tasks
+                self.seen[key] = ConfigError(str(exc))
+        return self.seen[key]
+
+
+def _check_kinds(methods: list[MethodSpec], tasks: list[str], data_dir: str | None, where: _Where) -> None:
+    """Each method runs on each task: its kind (text, clip, ...) must load them all. A task no kind of the
+    grid's methods loads, nor any other kind, is reported on its own line with the error of the first."""
+    from ..kinds import kind_for, kinds
+    from ..methods import get_method
+
+    method_kinds = [kind_for(get_method(m.name).backbone_kinds, m.name) for m in methods]
+    needed = list({k.name: k for k in method_kinds}.values())
+    loads = _TaskLoads(data_dir)
+    for i, t in enumerate(tasks):
+        errors = [loads.error(k, t) for k in needed]
+        if all(errors) and not any(loads.error(k, t) is None for k in kinds().values() if k not in needed):
+            raise where.error(("tasks", i), str(errors[0]))
+    for i, (m, kind) in enumerate(zip(methods, method_kinds, strict=True)):
+        wrong = [t for t in tasks if loads.error(kind, t) is not None]
+        if wrong:
+            raise where.error(("methods", i), f"method '{m.name}' needs a {kind.name} task; task(s) {', '.join(wrong)} "
+                              f"are not of kind '{kind.name}' (put methods of different kinds in separate grids)")
 
 
 def load_grid(path: str | Path) -> Grid:
     """Parse and validate a grid file; raises `ConfigError` naming file, line and key."""
     from ..models.loading import ALIASES, _looks_like_path
-    from ..tasks import load_task
 
     path = Path(path)
     if not path.is_file():
@@ -244,21 +271,10 @@ def load_grid(path: str | Path) -> Grid:
             models[i] = _resolve(m, grid_dir)
             if not Path(models[i]).exists():
                 raise where.error(("models", i), f"model path {models[i]} does not exist")
-    from ..tasks.images import BUILTIN_IMAGE_TASKS, load_image_task
-
     tasks = _axis(doc, "tasks", str, where)
-    image_tasks = set()
     for i, t in enumerate(tasks):
-        if t.endswith((".yaml", ".yml", ".csv")) or (t not in BUILTIN_IMAGE_TASKS and Path(t).is_dir()):
-            tasks[i] = t = _resolve(t, grid_dir)
-        try:
-            if t in BUILTIN_IMAGE_TASKS or t.endswith(".csv") or Path(t).is_dir() or _is_image_yaml(t):
-                load_image_task(t)
-                image_tasks.add(t)
-            else:
-                load_task(t, data_dir)
-        except PromptTuneError as exc:
-            raise where.error(("tasks", i), str(exc)) from None
+        if t.endswith((".yaml", ".yml", ".csv")) or Path(t).expanduser().is_dir():
+            tasks[i] = _resolve(t, grid_dir)
     shots = _axis(doc, "shots", int, where)
     seeds = _axis(doc, "seeds", int, where)
     if "methods" not in doc:
@@ -266,15 +282,7 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(doc["methods"], list) or not doc["methods"]:
         raise where.error(("methods",), "empty axis: list at least one method")
     methods = _labelled([_method(entry, i, where) for i, entry in enumerate(doc["methods"])])
-    from ..methods import get_method
-
-    for i, m in enumerate(methods):  # a CLIP method needs image tasks, any other method text tasks
-        clip = "clip" in get_method(m.name).backbone_kinds
-        wrong = [t for t in tasks if (t in image_tasks) != clip]
-        if wrong:
-            kind = "an image task" if clip else "a text task"
-            raise where.error(("methods", i), f"method '{m.name}' needs {kind}; task(s) {', '.join(wrong)} are not "
-                              "(put CLIP methods and text methods in separate grids)")
+    _check_kinds(methods, tasks, data_dir, where)
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise where.error(("methods",), f"two methods share the label {labels}; give one a 'label:'")

@@ -22,7 +22,7 @@ from ..errors import ConfigError, PromptTuneError
 from .grid import Cell, Grid
 from .store import Heartbeat, ResultStore, new_owner
 
-_BACKBONES: dict[str, Any] = {}  # one loaded model per worker process, reused by its cells
+_BACKBONES: dict[tuple[str, str], Any] = {}  # one loaded model per worker process and kind, reused by its cells
 
 
 @dataclass
@@ -36,38 +36,23 @@ class BenchSummary:
         return f"runs={self.runs} done={self.done} failed={self.failed} skipped={self.skipped}"
 
 
-def _backbone(model: str, clip: bool = False):
-    from ..models import load_backbone
-    from ..models.clip import load_clip_backbone
+def _backbone(method: str, model: str) -> Any:
+    """The worker's loaded model, loaded through the method's kind (a language model, a CLIP model, ...)."""
+    from ..kinds import kind_for
+    from ..methods import get_method
 
-    if model not in _BACKBONES:
-        _BACKBONES[model] = load_clip_backbone(model) if clip else load_backbone(model)
-    return _BACKBONES[model]
-
-
-def _run_clip_cell(config: dict[str, Any], run_dir: str, started: float) -> dict[str, Any]:
-    """A CLIP cell: the recorded accuracy is the base/new harmonic mean when the task has base classes."""
-    from ..vlm import train_clip
-
-    backbone = _backbone(config["model"], clip=True)
-    report = train_clip(config["method"], backbone, config["task"], config["shots"], config["seed"], run_dir,
-                        dev_shots=config["dev_shots"], eval_limit=config["eval_limit"], resume=True, progress=False,
-                        **config["params"])
-    meta = report.meta
-    m = meta["metrics"]
-    accuracy = m["hm"] if "hm" in m else m["all"]["accuracy"]
-    size = m["base"]["n"] + m["new"]["n"] if "hm" in m else m["all"]["n"]
-    devs = [h["dev_accuracy"] for h in meta["history"] if "dev_accuracy" in h]
-    return {
-        "accuracy": accuracy, "macro_f1": None, "dev_accuracy": max(devs) if devs else None, "eval_size": size,
-        "trainable_parameters": meta["trainable_parameters"], "wall_seconds": round(time.perf_counter() - started, 2),
-        "queries": None, "llm_calls": None, "artifact": str(report.out_dir), "metrics": m,
-        "versions": meta["versions"], "worker": f"{os.uname().nodename}:{os.getpid()}",
-    }
+    kind = kind_for(get_method(method).backbone_kinds, method, model)
+    key = (kind.name, model)
+    if key not in _BACKBONES:
+        _BACKBONES[key] = kind.load_backbone(model, "auto", "auto")
+    return _BACKBONES[key]
 
 
 def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -> dict[str, Any]:
-    """Train and score one cell; returns what the store records. Resumes from a checkpoint in `run_dir`."""
+    """Train and score one cell; returns what the store records. Resumes from a checkpoint in `run_dir`.
+    The same for every method and kind: "accuracy" is the run's primary metric on held-out data (the
+    base/new harmonic mean for a base-to-new image task), and the method's declared extra figures
+    (e.g. select's oracle) go into "metrics" beside the dev and held-out scores."""
     import torch
 
     from .. import api
@@ -76,27 +61,21 @@ def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -
         torch.set_num_threads(threads)
     _quiet()
     started = time.perf_counter()
-    from ..methods import get_method
-
-    if "clip" in get_method(config["method"]).backbone_kinds:
-        return _run_clip_cell(config, run_dir, started)
-    backbone = _backbone(config["model"])
     report = api.train(
-        config["method"], backbone, config["task"], config["data_dir"], config["shots"], config["seed"], run_dir,
-        dev_shots=config["dev_shots"], eval_split=config["eval_split"], eval_limit=config["eval_limit"],
-        resume=True, progress=False, **config["params"],
+        config["method"], _backbone(config["method"], config["model"]), config["task"], config["data_dir"],
+        config["shots"], config["seed"], run_dir, dev_shots=config["dev_shots"], eval_split=config["eval_split"],
+        eval_limit=config["eval_limit"], resume=True, progress=False, extra_metrics=True, **config["params"],
     )
     meta = report.meta
     info = meta.get("info", {})
-    metrics: dict[str, Any] = {"dev": meta["metrics"]["dev"], **({"eval": meta["metrics"]["eval"]}
-                                                                  if "eval" in meta["metrics"] else {})}
-    if config["method"] == "select":
-        metrics.update(_oracle(config, backbone, meta))
-    scored = report.test or report.dev
+    recorded = meta["metrics"]
+    scored = recorded.get("eval") or recorded["dev"]
+    metrics = {k: recorded[k] for k in ("dev", "eval") if k in recorded} | recorded.get("extra", {})
     llm = info.get("llm_calls")
     return {
-        "accuracy": scored.accuracy, "macro_f1": scored.macro_f1, "dev_accuracy": report.dev.accuracy,
-        "eval_size": scored.n, "trainable_parameters": meta["trainable_parameters"],
+        "accuracy": report.score, "macro_f1": scored.get("macro_f1"),
+        "dev_accuracy": recorded["dev"].get("accuracy"), "eval_size": scored.get("n"),
+        "trainable_parameters": meta["trainable_parameters"],
         "wall_seconds": round(time.perf_counter() - started, 2), "queries": info.get("queries_used"),
         "llm_calls": len(llm) if isinstance(llm, list) else llm, "artifact": str(report.out_dir),
         "metrics": metrics, "versions": meta["versions"], "worker": f"{os.uname().nodename}:{os.getpid()}",
@@ -109,26 +88,6 @@ def _quiet() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def _oracle(config: dict[str, Any], backbone, meta: dict[str, Any]) -> dict[str, Any]:
-    """Held-out accuracy of every candidate of a selection run: the oracle is the best of them."""
-    from types import SimpleNamespace
-
-    from ..api import held_out
-    from ..evaluation import evaluate_prompt
-    from ..methods import get_method
-    from ..tasks import load_task
-
-    task = load_task(config["task"], config["data_dir"])
-    fewshot = task.few_shot(config["shots"], config["seed"], config["dev_shots"])
-    examples = held_out(task, config["eval_split"] or task.eval_split_name, fewshot.train + fewshot.dev,
-                        config["eval_limit"])
-    labels = backbone.label_words(task.words(), task.labels)
-    prompts = get_method("select").from_params(config["params"]).candidates(SimpleNamespace(task=task))
-    scores = [evaluate_prompt(backbone, task, labels, examples, p).accuracy for p in prompts]
-    picked = meta["info"]["picked"]
-    return {"candidates_accuracy": scores, "oracle_accuracy": max(scores), "picked_accuracy": scores[picked]}
 
 
 def _describe(cell: Cell) -> str:

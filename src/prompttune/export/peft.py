@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from ..artifact import backbone_meta, check_backbone, read_artifact, task_meta, write_artifact
 from ..errors import ArtifactError, ConfigError
 from ..models import load_backbone
+from ..prompts.kinds import get_prompt_kind
 from ..tasks import load_task
 from ..utils.env import package_versions
 from ..utils.io import atomic_replace_dir
@@ -52,16 +53,10 @@ def export_peft(artifact: str | Path, out: str | Path, model: str | None = None)
     as PROMPT_TUNING, a deep key/value prompt (prefix-tuning, P-tuning v2) as PREFIX_TUNING."""
     peft = _peft()
     meta, tensors = read_artifact(artifact)
-    kind = meta["prompt_kind"]
-    if kind == "dept" and tensors["input_delta"].abs().max() == 0:
-        kind = "soft"  # a DePT prompt whose input update is zero is exactly a plain prompt
-    if kind not in ("soft", "kv"):
-        why = {
-            "none": "it learned nothing (zero-shot)",
-            "dept": "DePT's update of the input embeddings has no PEFT equivalent",
-            "instance": "an input-dependent prompt generator has no PEFT equivalent",
-            "encoder-head": "PEFT prompt adapters carry no classification head",
-        }.get(kind, f"prompt kind '{kind}'")
+    kind = get_prompt_kind(meta["prompt_kind"])
+    exported = kind.peft_rows(tensors)
+    if exported is None:
+        why = kind.no_peft or f"prompt kind '{kind.name}'"
         raise ArtifactError(f"{artifact} ({meta['method']}) cannot be exported to PEFT: {why}")
     backbone = load_backbone(model or meta["backbone"]["id"], device="cpu", dtype="float32")
     check_backbone(meta, backbone, f"artifact {artifact}")
@@ -69,15 +64,14 @@ def export_peft(artifact: str | Path, out: str | Path, model: str | None = None)
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(backbone.model.name_or_path, dtype=torch.float32)
-    if kind == "soft":
-        weight = tensors["prompt"]
+    weight = exported.rows
+    if exported.peft_type == "PROMPT_TUNING":
         peft_config = peft.PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=weight.shape[0], token_dim=weight.shape[1],
             num_transformer_submodules=1, num_attention_heads=config.num_attention_heads,
             num_layers=config.num_hidden_layers, base_model_name_or_path=backbone.model.name_or_path,
         )
     else:
-        weight = kv_to_peft_rows(tensors["keys"], tensors["values"])
         peft_config = peft.PrefixTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=weight.shape[0], prefix_projection=False,
             base_model_name_or_path=backbone.model.name_or_path,

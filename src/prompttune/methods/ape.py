@@ -11,8 +11,8 @@ import random
 
 from pydantic import Field
 
-from ..search.llm_search import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 from .base import RunContext, register
+from .family.llm import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 
 INDUCE = """I gave a friend an instruction and {n} inputs. The friend read the instruction and wrote an output for \
 every one of the inputs. Here are the input-output pairs:

@@ -14,8 +14,8 @@ import random
 
 from pydantic import Field
 
-from ..search.llm_search import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 from .base import RunContext, register
+from .family.llm import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 
 GRADIENT = """I'm trying to write a zero-shot classifier prompt.
 

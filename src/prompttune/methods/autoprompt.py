@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..prompts.hard import HardPrompt
-from ..search.base import HardPromptSearch, SearchConfig
 from ..search.engine import CandidateScorer
 from ..search.vocab import word_token_ids
 from .base import MethodResult, RunContext, register
+from .family.search import HardPromptSearch, SearchConfig
 
 
 class AutoPromptConfig(SearchConfig):

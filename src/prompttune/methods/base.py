@@ -13,27 +13,42 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ..errors import ConfigError
-from ..models import Backbone, LabelWords
-from ..tasks import FewShot, Task
+from ..models import LabelWords
 
 
 class MethodConfig(BaseModel):
-    """Hyper-parameters of a method; unknown keys are errors, so typos never pass silently."""
+    """Hyper-parameters of a method; unknown keys are errors, so typos never pass silently.
+
+    The prompt length is `n_tokens` for every method; `n_ctx` (CoOp's name, used by older grids and
+    artifacts) is accepted for it."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prompt_length_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "n_ctx" in data and "n_tokens" in cls.model_fields:
+            data = dict(data)
+            if "n_tokens" in data:
+                raise ValueError("n_ctx is another name for n_tokens: give one of them")
+            data["n_tokens"] = data.pop("n_ctx")
+        return data
 
 
 @dataclass
 class RunContext:
-    backbone: Backbone
-    task: Task
-    data: FewShot
-    labels: LabelWords
+    """What a method's `fit` gets, for every kind (see kinds/): the backbone, the task and its few-shot
+    draw (`data.train`, `data.dev`); `labels` are the label words of a text classification task."""
+
+    backbone: Any
+    task: Any
+    data: Any
     seed: int
     out_dir: Path
+    labels: LabelWords | None = None
     resume: bool = False
     progress: bool = True
     run_fingerprint: str = ""
@@ -81,6 +96,34 @@ class Method(ABC):
     @abstractmethod
     def fit(self, ctx: RunContext) -> MethodResult:
         """Learn a prompt on `ctx.data.train`, selecting on `ctx.data.dev`."""
+
+    @classmethod
+    def result_lines(cls, meta: dict[str, Any]) -> list[str]:
+        """What `prompttune train` prints about the result beside the scores: the prompt found (text
+        methods), the queries and LLM calls spent. Methods with more to say extend it."""
+        info, text, lines = meta.get("info", {}), meta.get("text_prompt"), []
+        if text and "template" in text:
+            lines.append(f"prompt template: {text['template']!r}")
+            if text.get("words"):
+                lines.append(f"label words: {text['words']}")
+        elif text and "members" in text:
+            lines += [f"alpha {m['alpha']:.3f}  words {m['words']}  template {m['template']!r}"
+                      for m in text["members"]]
+        if "queries_used" in info:
+            budget = info.get("budget")
+            lines.append(f"queries used: {info['queries_used']:,}" + (f" of --budget {budget:,}" if budget else ""))
+        if "llm" in info:
+            llm = info["llm"]
+            lines.append(f"LLM calls: {llm['calls']} ({llm['new_calls']} new, {llm['cached_calls']} from the cache), "
+                         f"tokens {llm['prompt_tokens'] + llm['completion_tokens']:,}, retries {llm['retries']}"
+                         + (" - LLM budget spent" if llm["budget_exhausted"] else ""))
+        return lines
+
+    def extra_metrics(self, ctx: RunContext, result: MethodResult, score: Callable[[Any], float]) -> dict[str, Any]:
+        """Figures a benchmark records beside the held-out score (e.g. select's oracle), computed with
+        `score(prompt)`: an applied prompt's primary metric on the held-out data. Only run when asked
+        (`train(..., extra_metrics=True)`, as the bench does), since each score costs an evaluation."""
+        return {}
 
 
 _REGISTRY: dict[str, type[Method]] = {}

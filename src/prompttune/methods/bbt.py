@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..errors import ConfigError
 from ..evaluation import encode
 from ..prompts import SoftPrompt
 from ..search.state import SearchState
 from .base import Method, MethodConfig, MethodResult, RunContext, register
+from .family.search import check_budget
 
 
 class BBTConfig(MethodConfig):
@@ -62,12 +62,9 @@ class BBT(Method):
         n_train, n_dev = len(ctx.data.train), len(ctx.data.dev)
         reserve = (cfg.finalists + 1) * n_dev
         first = (popsize + 1) * n_train
-        if cfg.budget < first + reserve:
-            raise ConfigError(
-                f"--budget {cfg.budget} is smaller than one evaluation round of 'bbt': {first} forward passes "
-                f"(the initial prompt and a population of {popsize} x {n_train} train examples) plus {reserve} to "
-                f"pick the result on dev; pass at least --budget {first + reserve}"
-            )
+        check_budget(self.name, cfg.budget, first + reserve,
+                     f"the initial prompt and a population of {popsize} x {n_train} train examples, then "
+                     f"{cfg.finalists + 1} finalists x {n_dev} dev examples to pick the result")
         if cfg.variant == "bbtv2":
             bb.check_prefix_support("bbt variant=bbtv2")
         state = SearchState(ctx.out_dir, cfg.budget - reserve, ctx.resume, ctx.run_fingerprint, ctx.callbacks)

@@ -13,7 +13,7 @@ from pydantic import Field
 from ..models.clip import ClipBackbone
 from ..prompts.clip import PromptShape
 from .base import register
-from .clip_base import ClipConfig, ClipMethod
+from .family.clip import ClipConfig, ClipMethod
 
 
 class CoCoOpConfig(ClipConfig):
@@ -27,4 +27,4 @@ class CoCoOp(ClipMethod):
     Config = CoCoOpConfig
 
     def prompt_shape(self, backbone: ClipBackbone) -> PromptShape:
-        return PromptShape(n_ctx=self.config.n_ctx, conditional=True)
+        return PromptShape(n_ctx=self.config.n_tokens, conditional=True)

@@ -19,7 +19,7 @@ from pydantic import Field
 from ..models.clip import ClipBackbone
 from ..prompts.clip import ClipPrompt, PromptShape
 from .base import register
-from .clip_base import Batch, ClipConfig, ClipMethod
+from .family.clip import Batch, ClipConfig, ClipMethod
 
 
 class CoOpConfig(ClipConfig):
@@ -33,7 +33,7 @@ class CoOp(ClipMethod):
     Config = CoOpConfig
 
     def prompt_shape(self, backbone: ClipBackbone) -> PromptShape:
-        return PromptShape(n_ctx=self.config.n_ctx, class_specific=self.config.class_specific)
+        return PromptShape(n_ctx=self.config.n_tokens, class_specific=self.config.class_specific)
 
 
 class KgCoOpConfig(ClipConfig):

@@ -8,10 +8,10 @@ from pydantic import Field
 
 from ..prompts.reparam import DecomposedPrompt
 from .base import register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
-class DeptConfig(PromptTuningConfig):
+class DeptConfig(SoftPromptConfig):
     n_tokens: int = Field(10, ge=1, description="length of the (shorter) soft prompt")
     max_length: int = Field(256, ge=1, description="input positions that get the low-rank update")
     rank: int = Field(6, ge=1, description="rank of the update A (max_length x r) @ B (r x hidden)")
@@ -19,7 +19,7 @@ class DeptConfig(PromptTuningConfig):
 
 
 @register
-class Dept(PromptTuning):
+class Dept(SoftPromptMethod):
     name = "dept"
     description = "DePT (Shi & Lipani): shorter soft prompt + low-rank update of input embeddings, two lrs."
     Config = DeptConfig

@@ -15,10 +15,10 @@ import random
 from pydantic import Field
 
 from ..prompts.hard import HardPrompt
-from ..search.base import HardPromptSearch, SearchConfig, default_instruction
 from ..search.text_edits import Neighbours, edit
 from ..search.vocab import word_token_ids
 from .base import RunContext, register
+from .family.search import HardPromptSearch, SearchConfig, default_instruction
 
 EDITS = ("del", "swap", "par", "add")
 

@@ -15,10 +15,10 @@ from typing import Literal
 from pydantic import Field
 
 from ..prompts.hard import HardPrompt
-from ..search.base import HardPromptSearch, SearchConfig, default_instruction
 from ..search.text_edits import crossover, mutate
 from ..search.vocab import read_word_list, word_token_ids
 from .base import RunContext, register
+from .family.search import HardPromptSearch, SearchConfig, default_instruction
 
 
 class EvolutionConfig(SearchConfig):

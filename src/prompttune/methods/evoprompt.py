@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..search.llm_search import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, extract_instructions
 from .base import RunContext, register
+from .family.llm import PARAPHRASE, LLMPromptSearch, LLMSearchConfig, extract_instructions
 
 GA = """Please follow the instruction step-by-step to generate a better prompt.
 1. Cross over the following prompts and generate a new prompt:

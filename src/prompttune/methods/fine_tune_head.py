@@ -17,7 +17,7 @@ from ..models import EncoderBackbone, EncoderPrompt
 from ..models.encoder import LABEL_SCALE
 from ..training import TrainConfig
 from .base import MethodResult, RunContext, register
-from .prompt_tuning import PromptTuning
+from .family.soft import SoftPromptMethod
 
 
 class FineTuneHeadConfig(TrainConfig):
@@ -45,7 +45,7 @@ class EncoderPromptModule(nn.Module):
 
 
 @register
-class FineTuneHead(PromptTuning):
+class FineTuneHead(SoftPromptMethod):
     name = "fine-tune-head"
     description = "Encoder (BERT/MiniLM) with frozen body: deep prompts + a trainable linear head (P-tuning v2 NLU)."
     Config = FineTuneHeadConfig

@@ -8,17 +8,17 @@ from pydantic import Field
 
 from ..prompts.instance import InstancePrompt
 from .base import register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
-class InstancePromptConfig(PromptTuningConfig):
+class InstancePromptConfig(SoftPromptConfig):
     n_tokens: int = Field(5, ge=1, description="length of each generated prompt")
     bottleneck: int = Field(32, ge=1, description="hidden width of the generator")
     lr: float = Field(0.01, gt=0, description="peak learning rate (AdamW)")
 
 
 @register
-class InstancePromptTuning(PromptTuning):
+class InstancePromptTuning(SoftPromptMethod):
     name = "instance-prompt"
     description = "IDPG: a small generator maps each input's pooled representation to its own soft prompt."
     Config = InstancePromptConfig

@@ -8,10 +8,10 @@ from pydantic import Field, model_validator
 
 from ..prompts.reparam import LowRankPrompt
 from .base import register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
-class LoptConfig(PromptTuningConfig):
+class LoptConfig(SoftPromptConfig):
     rank: int = Field(4, ge=1, description="rank r of the factorisation U (n_tokens x r) @ V (r x hidden)")
 
     @model_validator(mode="after")
@@ -22,7 +22,7 @@ class LoptConfig(PromptTuningConfig):
 
 
 @register
-class LowRankPromptTuning(PromptTuning):
+class LowRankPromptTuning(SoftPromptMethod):
     name = "lopt"
     description = "Low-rank prompt tuning (LoPT): the prompt factorised as U @ V with rank r."
     Config = LoptConfig

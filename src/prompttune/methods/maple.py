@@ -13,11 +13,11 @@ from pydantic import Field
 from ..models.clip import ClipBackbone
 from ..prompts.clip import PromptShape
 from .base import register
-from .clip_base import ClipConfig, ClipMethod
+from .family.clip import ClipConfig, ClipMethod
 
 
 class MaPLeConfig(ClipConfig):
-    n_ctx: int = Field(2, ge=1, le=32)
+    n_tokens: int = Field(2, ge=1, le=32)
     ctx_init: str | None = "a photo"
     depth: int = Field(9, ge=1, description="prompted layers per tower (capped at the towers' depth)")
     lr: float = Field(0.0035, gt=0)
@@ -31,5 +31,5 @@ class MaPLe(ClipMethod):
 
     def prompt_shape(self, backbone: ClipBackbone) -> PromptShape:
         depth = min(self.config.depth, backbone.text_depth, backbone.vision_depth)
-        return PromptShape(n_ctx=self.config.n_ctx, text_depth=depth - 1, vision_depth=depth,
-                           n_vision=self.config.n_ctx, coupled=True)
+        return PromptShape(n_ctx=self.config.n_tokens, text_depth=depth - 1, vision_depth=depth,
+                           n_vision=self.config.n_tokens, coupled=True)

@@ -22,11 +22,11 @@ from ..prompts.reparam import MultitaskPrompt
 from ..tasks import load_task
 from ..training import Evaluation, train_prompt
 from .base import MethodResult, RunContext, register
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 from .prompt_transfer import load_source_prompt
-from .prompt_tuning import PromptTuning, PromptTuningConfig
 
 
-class MultitaskConfig(PromptTuningConfig):
+class MultitaskConfig(SoftPromptConfig):
     sources: list[str] = Field(..., description="artifact directories of the source-task prompts (teachers)")
     distill_steps: int = Field(32, ge=1, description="steps of the multitask distillation phase")
     distill_weight: float = Field(1.0, ge=0, description="weight of the KL term towards each teacher")
@@ -41,7 +41,7 @@ class MultitaskConfig(PromptTuningConfig):
 
 
 @register
-class MultitaskPromptTuning(PromptTuning):
+class MultitaskPromptTuning(SoftPromptMethod):
     name = "multitask-prompt-tuning"
     description = "MPT: a shared prompt distilled from source-task prompts (× rank-one task updates), then adapted."
     Config = MultitaskConfig

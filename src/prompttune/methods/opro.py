@@ -11,8 +11,8 @@ import random
 
 from pydantic import Field
 
-from ..search.llm_search import LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 from .base import RunContext, register
+from .family.llm import LLMPromptSearch, LLMSearchConfig, example_lines, extract_instructions
 
 META = """Your task is to generate the instruction <INS>. Below are some previous instructions with their scores. \
 The score ranges from 0 to 100.

@@ -8,17 +8,17 @@ from pydantic import Field
 
 from ..prompts.reparam import PromptEncoderPrompt
 from .base import register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
-class PTuningConfig(PromptTuningConfig):
+class PTuningConfig(SoftPromptConfig):
     lr: float = Field(3e-3, gt=0, description="peak learning rate (AdamW); the encoder needs a small one")
     encoder: str = Field("mlp", description="mlp | lstm")
     encoder_hidden: int = Field(256, ge=1, description="hidden width of the prompt encoder")
 
 
 @register
-class PTuning(PromptTuning):
+class PTuning(SoftPromptMethod):
     name = "p-tuning"
     description = "P-tuning v1 (Liu et al.): virtual tokens through an MLP or LSTM prompt encoder."
     Config = PTuningConfig

@@ -8,14 +8,14 @@ import torch
 from ..prompts.deep import DeepPrompt
 from ..prompts.deep import kv_shape as _kv_shape
 from .base import register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
 @register
-class PTuningV2(PromptTuning):
+class PTuningV2(SoftPromptMethod):
     name = "p-tuning-v2"
     description = "Deep prompt tuning (P-tuning v2): per-layer key/value prompts, no reparameterisation."
-    Config = PromptTuningConfig
+    Config = SoftPromptConfig
 
     def build_prompt(self, init: torch.Tensor) -> torch.nn.Module:
         self.backbone.check_prefix_support(f"method '{self.name}'")

@@ -9,17 +9,17 @@ from pydantic import Field
 from ..prompts.deep import PrefixPrompt
 from ..prompts.deep import kv_shape as _kv_shape
 from .base import register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
-class PrefixTuningConfig(PromptTuningConfig):
+class PrefixTuningConfig(SoftPromptConfig):
     lr: float = Field(3e-4, gt=0, description="peak learning rate (AdamW) for the reparameterisation MLP")
     embed_dim: int = Field(256, ge=1, description="size of each prefix position's embedding")
     hidden: int = Field(256, ge=1, description="hidden width of the reparameterisation MLP")
 
 
 @register
-class PrefixTuning(PromptTuning):
+class PrefixTuning(SoftPromptMethod):
     name = "prefix-tuning"
     description = "Prefix-tuning (Li & Liang): per-layer key/value prefixes from an MLP, folded at save time."
     Config = PrefixTuningConfig

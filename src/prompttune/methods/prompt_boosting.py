@@ -26,6 +26,7 @@ from ..search.engine import CandidateScorer
 from ..search.state import SearchState
 from ..search.vocab import word_token_ids
 from .base import Method, MethodConfig, MethodResult, RunContext, register
+from .family.search import check_budget
 
 
 class PromptBoostingConfig(MethodConfig):
@@ -49,12 +50,9 @@ class PromptBoosting(Method):
         n = len(ctx.data.train)
         n_dev = len(ctx.data.dev)
         need = (cfg.n_prompts + 1) * n + cfg.n_prompts * n_dev
-        if cfg.budget < need:
-            raise ConfigError(
-                f"--budget {cfg.budget} is smaller than one evaluation round of 'prompt-boosting': "
-                f"{need} forward passes ({cfg.n_prompts} prompts and the word ranking x {n} train "
-                f"examples, the prompts x {n_dev} dev examples); pass at least --budget {need} or fewer n_prompts"
-            )
+        check_budget(self.name, cfg.budget, need,
+                     f"{cfg.n_prompts} prompts and the word ranking x {n} train examples, the prompts x {n_dev} "
+                     "dev examples", instead="fewer n_prompts")
         state = SearchState(ctx.out_dir, cfg.budget, ctx.resume, ctx.run_fingerprint, ctx.callbacks)
         tok = bb.tokenizer
         allowed = word_token_ids(tok)

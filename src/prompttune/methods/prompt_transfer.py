@@ -16,10 +16,10 @@ from ..artifact import backbone_matches, prompt_from_tensors, read_artifact
 from ..errors import ConfigError
 from ..models import CausalLMBackbone
 from .base import MethodResult, RunContext, register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
-class PromptTransferConfig(PromptTuningConfig):
+class PromptTransferConfig(SoftPromptConfig):
     source: str = Field(..., description="artifact directory of the source prompt (a soft prompt)")
     n_tokens: int | None = Field(None, ge=1, description="prompt length; must equal the source's (default: it)")
     distill: float = Field(0.0, ge=0, description="weight of PANDA's distillation term (0: plain transfer)")
@@ -43,7 +43,7 @@ def load_source_prompt(path: str | Path, backbone: CausalLMBackbone, who: str) -
 
 
 @register
-class PromptTransfer(PromptTuning):
+class PromptTransfer(SoftPromptMethod):
     name = "prompt-transfer"
     description = "Prompt transfer (SPoT / PANDA): start from a source task's prompt, optionally distil it."
     Config = PromptTransferConfig

@@ -20,7 +20,7 @@ from ..models.clip import ClipBackbone
 from ..prompts.clip import ClipPrompt, PromptShape
 from ..tasks.images import ImageTask
 from .base import register
-from .clip_base import Batch, ClipConfig, ClipMethod
+from .family.clip import Batch, ClipConfig, ClipMethod
 
 
 class PromptSRCConfig(ClipConfig):
@@ -66,7 +66,7 @@ class PromptSRC(ClipMethod):
 
     def prompt_shape(self, backbone: ClipBackbone) -> PromptShape:
         depth = min(self.config.depth, backbone.text_depth, backbone.vision_depth)
-        return PromptShape(n_ctx=self.config.n_ctx, text_depth=depth - 1, vision_depth=depth,
+        return PromptShape(n_ctx=self.config.n_tokens, text_depth=depth - 1, vision_depth=depth,
                            n_vision=self.config.n_vision)
 
     def zero_shot_templates(self, task: ImageTask) -> list[str]:

@@ -15,9 +15,9 @@ import torch
 from pydantic import Field, model_validator
 
 from ..prompts.hard import HardPrompt
-from ..search.base import HardPromptSearch, SearchConfig
 from ..search.vocab import read_word_list, word_token_ids
 from .base import RunContext, register
+from .family.search import HardPromptSearch, SearchConfig
 
 
 class RandomSeparatorsConfig(SearchConfig):

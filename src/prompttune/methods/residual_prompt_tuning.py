@@ -8,15 +8,15 @@ from pydantic import Field
 
 from ..prompts.reparam import ResidualPrompt
 from .base import register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
-class ResidualPromptTuningConfig(PromptTuningConfig):
+class ResidualPromptTuningConfig(SoftPromptConfig):
     bottleneck: int = Field(128, ge=1, description="width of the MLP's bottleneck")
 
 
 @register
-class ResidualPromptTuning(PromptTuning):
+class ResidualPromptTuning(SoftPromptMethod):
     name = "residual-prompt-tuning"
     description = "Residual PT (Razdaibiedina et al.): prompt + LayerNorm(MLP(prompt)), folded at save time."
     Config = ResidualPromptTuningConfig

@@ -16,9 +16,9 @@ import torch
 from pydantic import Field
 
 from ..prompts.hard import HardPrompt
-from ..search.base import HardPromptSearch, SearchConfig
 from ..search.vocab import word_token_ids
 from .base import RunContext, register
+from .family.search import HardPromptSearch, SearchConfig
 
 
 class RLPromptConfig(SearchConfig):

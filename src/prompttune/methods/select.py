@@ -15,18 +15,20 @@ Every candidate's scores on every criterion are recorded; `criterion` picks.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from ..errors import ConfigError
-from ..models.causal_lm import _class_scores
+from ..models.scoring import class_scores
 from ..prompts.hard import HardPrompt, check_template
 from ..search.engine import CandidateScorer
 from ..search.state import SearchState
 from .base import Method, MethodConfig, MethodResult, RunContext, register
+from .family.search import check_budget
 
 CRITERIA = ("mi", "entropy", "cbm", "flatness", "accuracy")
 
@@ -83,16 +85,32 @@ class Select(Method):
                 out.append(HardPrompt.build(ctx.task.spec.template, instruction=text))
         return out
 
+    def extra_metrics(self, ctx: RunContext, result: MethodResult, score: Callable[[Any], float]) -> dict[str, Any]:
+        """The held-out accuracy of every candidate: the oracle is the best of them (a benchmark's
+        `close_to_oracle` claim compares the picked one with it)."""
+        scores = [score(p) for p in self.candidates(ctx)]
+        return {"candidates_accuracy": scores, "oracle_accuracy": max(scores),
+                "picked_accuracy": scores[result.info["picked"]]}
+
+    @classmethod
+    def result_lines(cls, meta: dict[str, Any]) -> list[str]:
+        """The candidates' scores (higher is better), the picked one marked, then the usual lines."""
+        info = meta.get("info", {})
+        keys = ("mi", "entropy", "cbm", "flatness", "accuracy")
+        lines = [f"candidates (criterion: {info['criterion']}, higher is better):",
+                 f"  {'#':>10}  " + "  ".join(f"{k:>8}" for k in keys) + "  prompt"]
+        for i, row in enumerate(info.get("selection", [])):
+            mark = f"{i} <- picked" if i == info["picked"] else str(i)
+            cells = "  ".join(f"{row[k]:8.4f}" if k in row else f"{'-':>8}" for k in keys)
+            lines.append(f"  {mark:>10}  {cells}  {row['prompt'][:60]!r}")
+        return lines + super().result_lines(meta)
+
     def fit(self, ctx: RunContext) -> MethodResult:
         cfg: SelectConfig = self.config  # type: ignore[assignment]
         prompts = self.candidates(ctx)
         examples = ctx.data.train + ctx.data.dev
         per_round = len(examples) * (2 if cfg.criterion == "flatness" else 1)
-        if cfg.budget is not None and cfg.budget < per_round:
-            raise ConfigError(
-                f"--budget {cfg.budget} is smaller than one evaluation round of 'select': {per_round} "
-                f"forward passes for one candidate on {len(examples)} examples"
-            )
+        check_budget(self.name, cfg.budget, per_round, f"one candidate on {len(examples)} examples")
         state = SearchState(ctx.out_dir, cfg.budget, ctx.resume, ctx.run_fingerprint, ctx.callbacks)
         scorer = CandidateScorer(ctx.backbone, ctx.task, ctx.labels, examples, state, "inputs")
         dev_golds = scorer.golds[len(ctx.data.train) :]
@@ -153,5 +171,5 @@ class Select(Method):
                 inputs_embeds=embeds + noise, attention_mask=mask, position_ids=positions
             ).last_hidden_state
             word = bb._logits(hidden[torch.arange(len(answer)), answer], rows)
-            out.append(_class_scores(word, ctx.labels).float().cpu())
+            out.append(class_scores(word, ctx.labels).float().cpu())
         return torch.cat(out)

@@ -24,12 +24,12 @@ from ..errors import ConfigError
 from ..models.clip import ClipBackbone, cosine_logits
 from ..prompts.clip import ClipPrompt, PromptShape, context_init
 from ..tasks.images import ImageSplit, stack_images
-from .base import MethodConfig, MethodResult, register
-from .clip_base import ClipMethod, ClipPredictor, ClipRunContext
+from .base import MethodConfig, MethodResult, RunContext, register
+from .family.clip import ClipMethod, ClipPredictor
 
 
 class TPTConfig(MethodConfig):
-    n_ctx: int = Field(4, ge=1, le=32)
+    n_tokens: int = Field(4, ge=1, le=32)
     ctx_init: str | None = "a photo of a"
     init_from: str | None = Field(None, description="a coop artifact directory whose context TPT starts from")
     views: int = Field(32, ge=2, description="augmented views per test image, the image itself included")
@@ -69,10 +69,10 @@ class TPT(ClipMethod):
     description = "TPT: test-time prompt tuning per image (entropy of confident augmented views)."
     Config = TPTConfig
 
-    def fit(self, ctx: ClipRunContext) -> MethodResult:  # type: ignore[override]
+    def fit(self, ctx: RunContext) -> MethodResult:
         bb, cfg = ctx.backbone, self.config
-        init = context_init(bb, cfg.ctx_init, cfg.n_ctx)
-        n_ctx = cfg.n_ctx
+        init = context_init(bb, cfg.ctx_init, cfg.n_tokens)
+        n_ctx = cfg.n_tokens
         if cfg.init_from:
             root = Path(cfg.init_from)
             meta_path = root / "prompt.json"

@@ -19,10 +19,10 @@ from pydantic import Field
 from ..evaluation import encode
 from ..prompts.reparam import MaskedPrompt
 from .base import MethodResult, RunContext, register
-from .prompt_tuning import PromptTuning, PromptTuningConfig
+from .family.soft import SoftPromptConfig, SoftPromptMethod
 
 
-class XPromptConfig(PromptTuningConfig):
+class XPromptConfig(SoftPromptConfig):
     token_prune: float = Field(0.3, ge=0, lt=1, description="share of the active tokens pruned per round")
     piece_prune: float = Field(0.2, ge=0, lt=1, description="share of the active pieces pruned per round")
     n_pieces: int = Field(16, ge=1, description="pieces per prompt vector (must divide the hidden size)")
@@ -31,7 +31,7 @@ class XPromptConfig(PromptTuningConfig):
 
 
 @register
-class XPrompt(PromptTuning):
+class XPrompt(SoftPromptMethod):
     name = "xprompt"
     description = "XPrompt: prompt tuning, then token- and piece-level pruning with rewinding and retraining."
     Config = XPromptConfig

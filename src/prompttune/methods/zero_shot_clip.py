@@ -17,8 +17,8 @@ from pydantic import Field
 
 from ..models.clip import cosine_logits
 from ..models.feature_cache import cached_image_features
-from .base import MethodConfig, MethodResult, register
-from .clip_base import ClipMethod, ClipRunContext
+from .base import MethodConfig, MethodResult, RunContext, register
+from .family.clip import ClipMethod
 
 
 class ZeroShotClipConfig(MethodConfig):
@@ -40,7 +40,7 @@ class ZeroShotClip(ClipMethod):
     description = "CLIP zero-shot: a hand-written template, or a (ZPE-weighted) ensemble of the task's templates."
     Config = ZeroShotClipConfig
 
-    def fit(self, ctx: ClipRunContext) -> MethodResult:  # type: ignore[override]
+    def fit(self, ctx: RunContext) -> MethodResult:
         bb, task = ctx.backbone, ctx.task
         templates = task.templates[:1] if self.config.ensemble == "none" else list(task.templates)
         weights = [1.0 / len(templates)] * len(templates)

@@ -1,6 +1,6 @@
 """How each decoder layer attends, so that the masks prompttune builds by hand stay exact.
 
-The packed scoring path (`CausalLMBackbone.score`, `answer_hidden_mixed`) and the search engine put
+The packed scoring path (`CausalLMBackbone.score`, serve's `answer_hidden_mixed`) and the search engine put
 several sequences in one row and pass their own 4-D masks. transformers hands such a mask unchanged
 to the attention of every layer, so the mask has to say everything the layer would have applied
 itself: a sliding-window layer (Mistral, Gemma 2/3's local layers, Qwen2 with `use_sliding_window`)

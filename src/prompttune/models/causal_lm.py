@@ -23,7 +23,6 @@ the special tokens the tokenizer adds; the first cut warns once, with a count.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from transformers import DynamicCache
@@ -31,14 +30,13 @@ from transformers import DynamicCache
 from ..errors import ConfigError, ModelError
 from .attention import AttentionPlan, cache_kwarg, move_masks, output_cache
 from .context import ContextFitting
-from .loading import resolve_device, resolve_dtype, resolve_model_source, weight_fingerprint
+from .loading import weight_fingerprint
 from .packing import PackedLayout, causal_allowed
 from .padded import PaddedPaths
 from .scoring import DeltaPrompt, LabelWords, Prefix, PromptInput, class_scores, one_hot_rows, tokenize_label_words
 
-# the names other modules import from here (search, serve, select)
-_class_scores, _rows = class_scores, one_hot_rows
-__all__ = ["CausalLMBackbone", "DeltaPrompt", "LabelWords", "load_backbone", "tokenize_label_words"]
+_class_scores = class_scores  # serve/engine.py imports it from here
+__all__ = ["CausalLMBackbone", "DeltaPrompt", "LabelWords", "load_causal_lm", "tokenize_label_words"]
 
 
 class CausalLMBackbone(ContextFitting, PaddedPaths):
@@ -238,56 +236,6 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
             word_scores = self._word_logprobs(hidden, answer_hidden, layout, flat)
         return class_scores(word_scores, labels)
 
-    @torch.inference_mode()
-    def answer_hidden_mixed(
-        self, token_ids: Sequence[Sequence[int]], prompt_of: Sequence[int], prompts: Sequence[torch.Tensor],
-        max_row_tokens: int = 1024,
-    ) -> torch.Tensor:
-        """The hidden state at each example's answer position (batch, hidden), example i behind soft
-        prompt `prompts[prompt_of[i]]` (-1: none), all in one packed forward pass: what a server mixing
-        artifacts needs. The distinct prompts' keys/values are computed once (one block-diagonal pass,
-        positions restarting per prompt) and every example attends only to its own prompt's segment."""
-        lengths = [int(p.shape[0]) for p in prompts]
-        token_ids = [self.fit([x], lengths[j] if j >= 0 else 0)[0] for x, j in zip(token_ids, prompt_of, strict=True)]
-        if not self.attention.packable:  # padded, one batch per prompt, masks from transformers
-            out = torch.empty(len(token_ids), self.hidden_size, device=self.device, dtype=self.dtype)
-            for j in sorted(set(prompt_of)):
-                idx = [i for i, p in enumerate(prompt_of) if p == j]
-                embeds, mask, positions, answer = self.padded_inputs(
-                    [token_ids[i] for i in idx], prompts[j] if j >= 0 else None, padding_side="right")
-                hidden = self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                                       use_cache=False).last_hidden_state
-                out[torch.tensor(idx, device=self.device)] = hidden[torch.arange(len(idx), device=self.device), answer]
-            return out
-        single = LabelWords(words=(((0,),),))  # no word branches: only the answer position is read
-        layout = PackedLayout.build(token_ids, single, max_row_tokens)
-        total, rows = sum(lengths), layout.ids.shape[0]
-        segment = torch.cat([torch.full((n,), j) for j, n in enumerate(lengths)]) if total else torch.zeros(0)
-        prompt_positions = torch.cat([torch.arange(n) for n in lengths]) if total else torch.zeros(0, dtype=torch.long)
-        cache = None
-        if total:
-            allowed = (segment[:, None] == segment[None, :]) & torch.ones(total, total, dtype=torch.bool).tril()
-            masks = self.attention.masks(allowed[None], prompt_positions[None], prompt_positions[None], self.dtype)
-            cache = output_cache(self._forward(
-                DynamicCache(), inputs_embeds=torch.cat([p.to(self.device, self.dtype) for p in prompts])[None],
-                attention_mask=move_masks(masks, self.device), position_ids=prompt_positions[None].to(self.device),
-                use_cache=True,
-            ))
-            if rows > 1:
-                cache.batch_repeat_interleave(rows)
-        allowed = layout.allowed(total)
-        owner = torch.tensor(list(prompt_of) + [-1], dtype=torch.long)  # index -1 (pads) -> no prompt
-        query_prompt = owner[layout.unit]  # (R, L): the prompt each token belongs behind
-        allowed[:, :, :total] = query_prompt[:, :, None] == segment[None, None, :].long()
-        positions = layout.positions + torch.tensor(lengths + [0], dtype=torch.long)[query_prompt]
-        keys = torch.cat([prompt_positions.expand(rows, -1), positions], 1)
-        masks = self.attention.masks(allowed, positions, keys, self.dtype)
-        hidden = self._forward(
-            cache, inputs_embeds=self.embed(layout.ids.clamp(min=0)), attention_mask=move_masks(masks, self.device),
-            position_ids=positions.to(self.device), use_cache=False,
-        ).last_hidden_state
-        return hidden[layout.answer_row, layout.answer_col]
-
     def _word_logprobs(self, hidden, answer_hidden, layout: PackedLayout, flat) -> torch.Tensor:
         answer_lp = torch.log_softmax(self._logits(answer_hidden), dim=-1)  # (B, V)
         batch = answer_hidden.shape[0]
@@ -378,39 +326,19 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
         return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
-def load_backbone(model: str = "smollm2-135m", device: str = "auto", dtype: str = "auto"):
-    """Load a frozen backbone by alias, local directory, GGUF file or hub id: a `CausalLMBackbone`,
-    or an `EncoderBackbone` when the config is an encoder's (BERT, MiniLM, ...)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load_causal_lm(source: str, model_id: str, device: torch.device, dtype: torch.dtype) -> CausalLMBackbone:
+    """A frozen `AutoModelForCausalLM` from `source` (what `resolve_model_source` gives), with SDPA
+    attention where the architecture has it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .encoder import is_encoder_config, load_encoder
-
-    if model.startswith("open_clip:"):
-        raise ModelError(f"model '{model}' is an open_clip CLIP model; it takes the CLIP methods (zero-shot-clip, "
-                         "coop, cocoop, kgcoop, prograd, maple, promptsrc, tpt) and an image task")
-    source, model_id = resolve_model_source(model)
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
+    tokenizer = AutoTokenizer.from_pretrained(source)
     try:
-        config = AutoConfig.from_pretrained(source)
-        if config.model_type in ("clip", "vision-text-dual-encoder"):
-            raise ModelError(f"model '{model}' is a CLIP-style dual encoder ({config.model_type}); it takes the CLIP "
-                             "methods (zero-shot-clip, coop, cocoop, kgcoop, prograd, maple, promptsrc, tpt) and an "
-                             "image task")
-        if is_encoder_config(config):
-            return load_encoder(source, model_id, dev, torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        try:
-            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, attn_implementation="sdpa")
-        except ValueError as exc:  # an architecture without SDPA attention (or without attention)
-            if "scaled_dot_product_attention" not in str(exc):
-                raise
-            lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = "from its directory" if Path(source).exists() else "as a hub id"
-        raise ModelError(f"cannot load model '{model}' {where} ({first})") from None
-    lm.to(dev).eval()
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="sdpa")
+    except ValueError as exc:  # an architecture without SDPA attention (or without attention)
+        if "scaled_dot_product_attention" not in str(exc):
+            raise
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    lm.to(device).eval()
     for p in lm.parameters():
         p.requires_grad_(False)
-    return CausalLMBackbone(lm, tokenizer, model_id, dev, torch_dtype)
+    return CausalLMBackbone(lm, tokenizer, model_id, device, dtype)

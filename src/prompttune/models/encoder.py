@@ -18,8 +18,8 @@ from transformers import DynamicCache
 
 from ..errors import ModelError
 from .attention import cache_kwarg
-from .causal_lm import LabelWords, tokenize_label_words
 from .loading import weight_fingerprint
+from .scoring import LabelWords, tokenize_label_words
 
 # Cosine similarities live in [-1, 1]; scaled like this they make a usable softmax (the scale
 # sentence-transformers uses for its contrastive loss).

@@ -1,7 +1,7 @@
 """`CausalLMBackbone`'s padded paths: one sequence per row, padding masked by the 2-D mask transformers
 turns into each layer's own mask. Slower than packing but exact on any architecture: `score` takes it
-(`_score_unpacked`) for a model no packed mask describes, and the tests and benchmarks measure the
-packed path against `score_padded` and the naive `score_reference`.
+(`_score_unpacked`) for a model no packed mask describes, and `prompttune.testing.score_padded` builds on
+`padded_inputs` to check the packed path.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import ModelError
-from .scoring import DeltaPrompt, LabelWords, Prefix, class_scores, one_hot_rows, prompt_length
+from .scoring import DeltaPrompt, LabelWords, Prefix, class_scores, one_hot_rows
 
 
 class PaddedPaths:
@@ -124,43 +123,3 @@ class PaddedPaths:
             torch.full((batch,), longest + n_prompt - 1) if padding_side == "left" else lengths + n_prompt - 1
         )
         return embeds, mask.to(self.device), positions.to(self.device), answer.to(self.device)
-
-    def score_padded(
-        self, token_ids: Sequence[Sequence[int]], labels: LabelWords, prompt: torch.Tensor | None = None,
-        padding_side: str = "left",
-    ) -> torch.Tensor:
-        """Class scores through a plain padded batch (single-token words); checks `score`'s packing."""
-        if labels.needs_full_softmax:
-            raise ModelError("score_padded supports single-token label words only; use score()")
-        token_ids = self.fit(token_ids, prompt_length(prompt))
-        embeds, mask, positions, answer = self.padded_inputs(token_ids, prompt, padding_side)
-        hidden = self._forward(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        rows = torch.tensor([w[0] for w in labels.flat], device=self.device)
-        word_scores = self._logits(hidden[torch.arange(len(token_ids), device=self.device), answer], rows)
-        return class_scores(word_scores, labels)
-
-    def score_reference(
-        self, token_ids: Sequence[Sequence[int]], labels: LabelWords, prompt: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The naive computation: one sequence per (example, word), full-vocabulary logits everywhere.
-
-        Slow on purpose; it is the yardstick `score` is tested and benchmarked against.
-        """
-        flat = labels.flat
-        token_ids = self.fit(token_ids, (0 if prompt is None else prompt.shape[-2]) + labels.answer_tokens)
-        out = torch.zeros(len(token_ids), len(flat))
-        full_softmax = labels.needs_full_softmax
-        for i, x in enumerate(token_ids):
-            for w_idx, word in enumerate(flat):
-                seq = torch.tensor(list(x) + list(word[:-1]), device=self.device)[None]
-                embeds = self.embed(seq)
-                if prompt is not None:
-                    embeds = torch.cat([prompt.to(self.device, self.dtype)[None], embeds], 1)
-                logits = self.model(inputs_embeds=embeds).logits[0].float()  # (T, V): every position
-                tail = logits[len(logits) - len(word) :]
-                if full_softmax:
-                    tail = torch.log_softmax(tail, -1)
-                    out[i, w_idx] = tail.gather(-1, torch.tensor(word, device=tail.device)[:, None]).sum()
-                else:
-                    out[i, w_idx] = tail[0, word[0]]
-        return class_scores(out, labels)

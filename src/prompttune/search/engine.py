@@ -28,8 +28,8 @@ from transformers import DynamicCache
 
 from ..models import CausalLMBackbone, LabelWords
 from ..models.attention import move_masks, output_cache
-from ..models.causal_lm import _class_scores
 from ..models.packing import causal_allowed
+from ..models.scoring import class_scores
 from ..prompts.hard import HardPrompt, split_template
 from ..tasks import Example, Task
 from .state import SearchState
@@ -192,7 +192,7 @@ class CandidateScorer:
             per_main = len(branch) // len(words)
             multi_idx = [w_idx for w_idx, w in enumerate(flat) if len(w) > 1]
             words[:, multi_idx] += torch.tensor(branch).view(len(words), per_main)
-        return [_class_scores(s, self.labels) for s in words.view(len(templates), n, len(flat))]
+        return [class_scores(s, self.labels) for s in words.view(len(templates), n, len(flat))]
 
     def _forward_rows(
         self, rows: list[tuple[int, int, list[int], int]], multi: bool
@@ -259,6 +259,6 @@ class CandidateScorer:
         hidden = bb.decoder(inputs_embeds=embeds, attention_mask=mask.to(bb.device)).last_hidden_state
         answer = hidden[torch.arange(len(seqs)), mask.sum(1) - 1]
         word_rows = torch.tensor([w[0] for w in self.labels.flat], device=bb.device)
-        scores = _class_scores(bb._logits(answer, word_rows), self.labels)
+        scores = class_scores(bb._logits(answer, word_rows), self.labels)
         F.cross_entropy(scores, self.golds[list(indices)].to(scores.device)).backward()
         return trig.grad.detach().float().cpu()

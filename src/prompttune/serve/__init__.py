@@ -17,28 +17,24 @@ def make_server(*args, **kwargs):
     return _make(*args, **kwargs)
 
 
-def serve(backbone, artifacts: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_batch: int = 64, max_body_bytes: int = 1_000_000, max_tokens_limit: int = 512, max_inputs: int = 256,
+def serve(engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          max_body_bytes: int = 1_000_000, max_tokens_limit: int = 512, max_inputs: int = 256,
           max_request_rows: int = 64, request_timeout: float = 60.0, body_timeout: float = 30.0,
           max_image_pixels: int = 4096 * 4096, max_decoded_mb: int = 256, log_level: str = "warning") -> None:
-    """Run the server in the foreground (uvicorn) until interrupted (SIGINT/SIGTERM)."""
+    """Run the server for `engine` (from `prompttune.api.serving_engine`, which picks it from the artifacts'
+    kind) in the foreground (uvicorn) until interrupted (SIGINT/SIGTERM); the engine is closed on the way out."""
     try:
         import uvicorn  # noqa: F401
     except ImportError:
         from ..errors import ConfigError
 
+        engine.close()
         raise ConfigError("prompttune serve needs the serve extra: pip install 'prompttune[serve]'") from None
-    from ..models.clip import ClipBackbone
-
-    if isinstance(backbone, ClipBackbone):
-        from .clip import ClipEngine, load_clip_prompts
-
-        engine = ClipEngine(backbone, load_clip_prompts(backbone, artifacts), max_batch=max_batch,
-                            max_queued_bytes=4 * max_decoded_mb * 2**20)
-    else:
-        engine = Engine(backbone, load_prompts(backbone, artifacts), max_batch=max_batch)
-    app = create_app(engine, api_key=api_key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
-                     max_inputs=max_inputs, max_request_rows=max_request_rows, request_timeout=request_timeout,
-                     body_timeout=body_timeout, max_image_pixels=max_image_pixels,
-                     max_decoded_bytes=max_decoded_mb * 2**20)
-    make_server(app, engine, host=host, port=port, log_level=log_level, header_timeout=body_timeout).run()
+    try:
+        app = create_app(engine, api_key=api_key, max_body_bytes=max_body_bytes, max_tokens_limit=max_tokens_limit,
+                         max_inputs=max_inputs, max_request_rows=max_request_rows, request_timeout=request_timeout,
+                         body_timeout=body_timeout, max_image_pixels=max_image_pixels,
+                         max_decoded_bytes=max_decoded_mb * 2**20)
+        make_server(app, engine, host=host, port=port, log_level=log_level, header_timeout=body_timeout).run()
+    finally:
+        engine.close()

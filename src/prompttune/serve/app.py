@@ -30,9 +30,10 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import PromptTuneError
-from .engine import Engine, public_name
+from .engine import Engine
 from .guard import RequestGuard, error_body
 from .scheduler import EngineClosed, Overloaded, RequestTimeout
+from .specs import public_name
 
 log = logging.getLogger("prompttune.serve")
 SEED_MAX = 2**63 - 1  # torch.manual_seed's range

@@ -26,17 +26,16 @@ import time
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..artifact import read_artifact
-from ..errors import ArtifactError, ConfigError, DataError
-from ..methods.clip_base import ClipPredictor
+from ..errors import DataError
+from ..methods.family.clip import ClipPredictor
 from ..models.clip import ClipBackbone
 from ..tasks.images import decode_image
 from .scheduler import EngineClosed, FairQueue, Overloaded, Part, Work
+from .specs import check_unique
 
 _quiet = threading.Lock()
 _quieted = False
@@ -91,20 +90,11 @@ class ServedClip:
                 "method": self.predictor.meta.get("method")}
 
 
-def load_clip_prompts(backbone: ClipBackbone, specs: list[str]) -> dict[str, ServedClip]:
-    """`name=path` or `path` for each CLIP artifact, each checked against the backbone's weights."""
-    from ..vlm import load_clip
-
-    served: dict[str, ServedClip] = {}
-    for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        name = name or Path(path).resolve().name
-        if name in served:
-            raise ConfigError(f"artifact name '{name}' is used twice; name them with NAME=PATH")
-        if read_artifact(path)[0]["prompt_kind"] != "clip":
-            raise ArtifactError(f"{path}: a text-model artifact; this server runs the CLIP model {backbone.model_id}")
-        served[name] = ServedClip(name, load_clip(path, backbone), str(path))
-    return served
+def load_clip_prompts(predictors: list[tuple[str, str, ClipPredictor]]) -> dict[str, ServedClip]:
+    """The served artifacts from (name, path, predictor) triples (`ClipKind.engine` builds them from
+    NAME=PATH specs, each checked against the backbone's weights); names must be unique."""
+    check_unique([name for name, _, _ in predictors])
+    return {name: ServedClip(name, predictor, str(path)) for name, path, predictor in predictors}
 
 
 def request_image_bytes(item: Any, where: str) -> bytes:

@@ -4,7 +4,7 @@ Every request becomes a `Work` in a `FairQueue` (serve/scheduler.py); the worker
 at a time (at most `max_batch` rows, the waiting requests' rows shared out in turn) and runs it:
 
 * classification rows whose prompt is text (hard, zero-shot) or a soft prompt, with single-token
-  label words, go into ONE packed forward pass (`backbone.answer_hidden_mixed`), each example with
+  label words, go into ONE packed forward pass (`mixed.answer_hidden_mixed`), each example with
   its own template, its own label words and its own prompt: the distinct soft prompts' keys/values
   are computed once and each example attends only to its own;
 * generation rows with the same sampling settings likewise go into one `generate` call;
@@ -30,19 +30,20 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from ..artifact import Predictor, check_backbone, read_artifact
+from ..artifact import Predictor
 from ..errors import ConfigError
 from ..models import LabelWords
 from ..models.causal_lm import _class_scores
+from ..prompts.kinds import get_prompt_kind
+from .mixed import answer_hidden_mixed
 from .scheduler import EngineClosed, FairQueue, Part, RequestTimeout, Work
+from .specs import check_unique, public_name
 
-MIXABLE_KINDS = ("none", "hard", "soft")
 CLASSIFY_OPS = ("classify", "classify-own")
 STREAM_OPS = ("stream", "stream-own")
 OWN_GENERATE_ROWS = 4  # rows of a predictor-generated group per turn (each row is its own generate call)
@@ -68,11 +69,11 @@ class ServedPrompt:
     @property
     def mixable_classify(self) -> bool:
         p = self.predictor
-        return p is not None and self.kind in MIXABLE_KINDS and not p.label_words.needs_full_softmax
+        return p is not None and get_prompt_kind(self.kind).mixable and not p.label_words.needs_full_softmax
 
     @property
     def mixable_generate(self) -> bool:
-        return self.kind in ("backbone", *MIXABLE_KINDS)
+        return self.predictor is None or get_prompt_kind(self.kind).mixable
 
     def describe(self) -> dict[str, Any]:
         """What /v1/models shows: names and labels, never the server's file paths."""
@@ -83,25 +84,11 @@ class ServedPrompt:
         return info
 
 
-def public_name(model_id: str) -> str:
-    """The name clients use for the backbone: a local model's directory name, never its path on the server."""
-    path = Path(model_id)
-    return path.name if path.is_absolute() or path.exists() else model_id
-
-
-def load_prompts(backbone, specs: list[str]) -> dict[str, ServedPrompt]:
-    """`name=path` or `path` (named after its directory) for each artifact; each checked against the
-    backbone, so a prompt trained on other weights is refused at start-up."""
-    served: dict[str, ServedPrompt] = {}
-    for spec in specs:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        name = name or Path(path).resolve().name
-        if name in served or name == public_name(backbone.model_id):
-            raise ConfigError(f"artifact name '{name}' is used twice; name them with NAME=PATH")
-        meta, tensors = read_artifact(path)
-        check_backbone(meta, backbone, f"artifact {path}")
-        served[name] = ServedPrompt(name, Predictor(backbone, meta, tensors), str(path))
-    return served
+def load_prompts(backbone, predictors: list[tuple[str, str, Predictor]]) -> dict[str, ServedPrompt]:
+    """The served artifacts from (name, path, predictor) triples (`TextKind.engine` builds them from
+    NAME=PATH specs, each checked against the backbone's weights); names must be unique."""
+    check_unique([name for name, _, _ in predictors], [public_name(backbone.model_id)])
+    return {name: ServedPrompt(name, predictor, str(path)) for name, path, predictor in predictors}
 
 
 class Engine:
@@ -229,7 +216,7 @@ class Engine:
                 softs[p.name] = len(softs)
         tensors = [self.prompts[name].soft for name in softs]
         prompt_of = [softs.get(p.name, -1) for _, p, _ in rows]
-        hidden = self.backbone.answer_hidden_mixed(ids, prompt_of, tensors)
+        hidden = answer_hidden_mixed(self.backbone, ids, prompt_of, tensors)
         self.stats["forward_passes"] += 1
         labels = [p.predictor.label_words for _, p, _ in rows]
         union = sorted({w[0] for lw in labels for w in lw.flat})

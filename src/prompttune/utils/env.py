@@ -26,3 +26,15 @@ def package_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def quiet_libraries() -> None:
+    """Keep transformers' loading chatter (progress bars, notices) out of our output."""
+    import logging
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)

@@ -6,6 +6,10 @@ A search method subclasses `HardPromptSearch` and writes `search(ctx)`, calling 
 after each round. The best `finalists` candidates on train, and the plain template, are then scored
 on dev and the best there is the result, so a search never returns a prompt worse on dev than the
 template it started from. Dev scoring is paid from the same budget (reserved up front).
+
+`check_budget` is the one budget check of every query-counting method (the searches here, bbt,
+prompt-boosting, select): too small a `--budget` fails before anything is written, naming what one
+round needs and the `--budget` to pass.
 """
 
 from __future__ import annotations
@@ -14,11 +18,19 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..methods.base import Method, MethodConfig, MethodResult, RunContext
-from ..prompts.hard import HardPrompt
-from .engine import CandidateScorer
-from .state import SearchState
+from ...errors import ConfigError
+from ...prompts.hard import HardPrompt
+from ...search.engine import CandidateScorer
+from ...search.state import SearchState
+from ..base import Method, MethodConfig, MethodResult, RunContext
+
+
+def check_budget(method: str, budget: int | None, needed: int, parts: str, instead: str = "") -> None:
+    """Refuse a `--budget` (None: unlimited) below what one evaluation round of `method` needs: `needed`
+    forward passes, made of `parts` (said in words). `instead` names another way out (fewer candidates)."""
+    if budget is not None and budget < needed:
+        raise ConfigError(f"--budget {budget} is smaller than one evaluation round of '{method}': {needed} forward "
+                          f"passes ({parts}); pass at least --budget {needed}{f' or {instead}' if instead else ''}")
 
 
 def default_instruction(ctx: RunContext) -> str:
@@ -59,16 +71,11 @@ class HardPromptSearch(Method):
         cfg: SearchConfig = self.config  # type: ignore[assignment]
         self.ctx = ctx
         self.labels = labels or ctx.labels
-        self.reserve = (cfg.finalists + 1) * len(ctx.data.dev)
-        first = (1 + self.first_round(ctx)) * len(ctx.data.train)
-        if cfg.budget < first + self.reserve:
-            raise ConfigError(
-                f"--budget {cfg.budget} is smaller than one evaluation round of '{self.name}': "
-                f"{first} forward passes (the template and {self.first_round(ctx)} candidate(s) x "
-                f"{len(ctx.data.train)} train examples) plus {self.reserve} to pick the result on dev "
-                f"({cfg.finalists + 1} finalists x {len(ctx.data.dev)} dev examples); pass at least "
-                f"--budget {first + self.reserve}"
-            )
+        n_train, n_dev, k = len(ctx.data.train), len(ctx.data.dev), self.first_round(ctx)
+        self.reserve = (cfg.finalists + 1) * n_dev
+        check_budget(self.name, cfg.budget, (1 + k) * n_train + self.reserve,
+                     f"the template and {k} candidate(s) x {n_train} train examples, then {cfg.finalists + 1} "
+                     f"finalists x {n_dev} dev examples to pick the result")
         self.state = SearchState(ctx.out_dir, cfg.budget - self.reserve, ctx.resume, ctx.run_fingerprint, ctx.callbacks)
         self.train_scorer = CandidateScorer(ctx.backbone, ctx.task, self.labels, ctx.data.train, self.state, "train")
         self.dev_scorer = CandidateScorer(ctx.backbone, ctx.task, self.labels, ctx.data.dev, self.state, "dev")

@@ -10,40 +10,26 @@ side, batched over all classes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..errors import ConfigError
-from ..models.clip import ClipBackbone, cosine_logits
-from ..models.feature_cache import cached_image_features
-from ..prompts.clip import ClipPrompt, PromptShape, context_init
-from ..tasks.images import ImageFewShot, ImageSplit, ImageTask
-from ..training import Evaluation, TrainConfig, train_prompt
-from .base import Method, MethodConfig, MethodResult
-
-
-@dataclass
-class ClipRunContext:
-    backbone: ClipBackbone
-    task: ImageTask
-    data: ImageFewShot
-    seed: int
-    out_dir: Path
-    resume: bool = False
-    progress: bool = True
-    run_fingerprint: str = ""
-    callbacks: list = field(default_factory=list)
+from ...errors import ConfigError
+from ...models.clip import ClipBackbone, cosine_logits
+from ...models.feature_cache import cached_image_features
+from ...prompts.clip import ClipPrompt, PromptShape, context_init
+from ...tasks.images import ImageSplit, ImageTask
+from ...training import Evaluation, TrainConfig, train_prompt
+from ..base import Method, MethodConfig, MethodResult, RunContext
 
 
 class ClipConfig(MethodConfig):
-    n_ctx: int = Field(4, ge=1, le=32, description="context tokens before the class name")
+    n_tokens: int = Field(4, ge=1, le=32, description="context tokens before the class name")
     ctx_init: str | None = Field("a photo of a", description="initial context words (random when their token "
-                                                              "count differs from n_ctx, or None)")
+                                                              "count differs from n_tokens, or None)")
     steps: int = Field(100, ge=1)
     lr: float = Field(0.002, gt=0)
     batch_size: int = Field(32, ge=1)
@@ -88,7 +74,7 @@ class ClipMethod(Method):
     Config = ClipConfig
 
     def prompt_shape(self, backbone: ClipBackbone) -> PromptShape:
-        return PromptShape(n_ctx=self.config.n_ctx)
+        return PromptShape(n_ctx=self.config.n_tokens)
 
     def loss(self, batch: Batch, prompt: ClipPrompt) -> torch.Tensor:
         return F.cross_entropy(batch.logits, batch.labels)
@@ -110,7 +96,7 @@ class ClipMethod(Method):
         return TrainConfig(steps=c.steps, lr=c.lr, batch_size=c.batch_size, warmup_ratio=c.warmup_ratio,
                            weight_decay=c.weight_decay, eval_every=c.eval_every)
 
-    def fit(self, ctx: ClipRunContext) -> MethodResult:  # type: ignore[override]
+    def fit(self, ctx: RunContext) -> MethodResult:
         bb, task, data = ctx.backbone, ctx.task, ctx.data
         classes = data.classes
         shape = self.prompt_shape(bb)
@@ -248,6 +234,12 @@ class ClipPredictor:
                     self._text_memo[key] = self.class_features(classes)
                 text = self._text_memo[key]
             return cosine_logits(feats, text, bb.logit_scale).softmax(-1).cpu()
+
+    def classify(self, images: Sequence[torch.Tensor]) -> list[tuple[str, dict[str, float]]]:
+        """Per image, the predicted class name and the probability of every class it can name."""
+        names = [self.task.classes[c] for c in self.all_classes()]
+        rows = self.probabilities(images, self.all_classes()).tolist()
+        return [(names[max(range(len(r)), key=r.__getitem__)], dict(zip(names, r, strict=True))) for r in rows]
 
     def accuracy(self, split: ImageSplit, indices: list[int], classes: list[int]) -> float:
         if not indices:

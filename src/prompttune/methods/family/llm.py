@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from ..llm import LLM, ChatRequest, LLMBudgetExhausted, make_llm
-from ..methods.base import MethodResult, RunContext
-from ..prompts.hard import HardPrompt
-from .base import HardPromptSearch, SearchConfig, default_instruction
-from .endpoint import EndpointScorer
-from .engine import CandidateScorer
+from ...llm import LLM, ChatRequest, LLMBudgetExhausted, make_llm
+from ...prompts.hard import HardPrompt
+from ...search.endpoint import EndpointScorer
+from ...search.engine import CandidateScorer
+from ..base import MethodResult, RunContext
+from .search import HardPromptSearch, SearchConfig, default_instruction
 
 MAX_INSTRUCTION_CHARS = 300
 
