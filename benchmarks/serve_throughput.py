@@ -31,8 +31,9 @@ from pathlib import Path
 import uvicorn
 
 import prompttune
+from prompttune.api import serving_engine
 from prompttune.models import load_backbone
-from prompttune.serve import Engine, create_app, load_prompts
+from prompttune.serve import Engine, create_app
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -96,12 +97,11 @@ def main() -> None:
                  (args.data_dir / "sst2" / "stsa.binary.test").read_text().splitlines()[: args.requests]]
     names = [s.split("=")[0] for s in specs]
     requests = [{"model": names[i % len(names)], "input": [s]} for i, s in enumerate(sentences)]
-    prompts = load_prompts(backbone, specs)
 
     rows = []
     for label, max_batch, clients in [("one at a time", 64, 1), ("concurrent, unbatched", 1, args.clients),
                                       ("concurrent, batched", 64, args.clients)]:
-        engine = Engine(backbone, prompts, max_batch=max_batch)
+        engine = serving_engine(specs, backbone, max_batch=max_batch)
         server, url = start_server(engine)
         run(url, requests[:6], clients)  # warm-up
         wall, latencies, errors = run(url, requests, clients)

@@ -375,3 +375,36 @@ methods: [zero-shot]
         rows = {seed: (status, attempts, error) for seed, status, attempts, error in conn.execute(
             "SELECT seed, status, attempts, error FROM runs")}
     assert rows[0][:2] == ("done", 2) and rows[1][:2] == ("failed", 3) and "worker lost (seed 1)" in rows[1][2]
+
+
+def test_a_method_declares_its_extra_figures_and_each_method_loads_tasks_of_its_kind(tmp_path, data_dir,
+                                                                                    tiny_llama_dir):
+    """select's oracle comes from the method (`extra_metrics`), not from the bench; a grid whose task is not of
+    a method's kind names the method, its kind and the tasks."""
+    candidates = ["{sentence} It was", "Review: {sentence}\nSentiment:", "{sentence}\nDid they like it? Answer:"]
+    grid = load_grid(_write(tmp_path / "grid.yaml", f"""
+models: [{tiny_llama_dir}]
+tasks: [sst2]
+data_dir: {data_dir}
+shots: [2]
+seeds: [0]
+eval_limit: 8
+methods:
+  - {{name: select, candidates: {json.dumps(candidates)}}}
+claims:
+  - {{claim: selection finds the best candidate, close_to_oracle: select, tolerance: 1.0}}
+"""))
+    assert run_grid(grid, tmp_path / "runs.db").line() == "runs=1 done=1 failed=0 skipped=0"
+    row = ResultStore(tmp_path / "runs.db").rows("done")[0]
+    m = row["metrics"]
+    assert len(m["candidates_accuracy"]) == 3 and m["oracle_accuracy"] == max(m["candidates_accuracy"])
+    assert row["accuracy"] == m["eval"]["accuracy"] == m["picked_accuracy"] and row["eval_size"] == m["eval"]["n"]
+    assert row["dev_accuracy"] == m["dev"]["accuracy"] and row["macro_f1"] == m["eval"]["macro_f1"]
+    claim = build_report(tmp_path / "runs.db").claims[0]
+    assert claim["verdict"] == "reproduced" and "oracle − picked" in claim["evidence"], claim
+
+    bad = _write(tmp_path / "bad.yaml", f"models: [{tiny_llama_dir}]\ntasks: [sst2, trec]\ndata_dir: {data_dir}\n"
+                                        "shots: [2]\nseeds: [0]\nmethods: [zero-shot, zero-shot-clip]")
+    with pytest.raises(ConfigError, match=r"bad.yaml:6: methods\[1\]: method 'zero-shot-clip' needs a clip task; "
+                                          r"task\(s\) sst2, trec are not of kind 'clip'"):
+        load_grid(bad)

@@ -276,14 +276,14 @@ def test_serve_classifies_base64_images_with_clip_artifacts(tiny, fashion, tmp_p
     """`prompttune serve` over a CLIP model: /v1/classify takes base64 images and gives the predictor's numbers."""
     from fastapi.testclient import TestClient
 
+    from prompttune.api import serving_engine
     from prompttune.cli import app
     from prompttune.serve import create_app
-    from prompttune.serve.clip import ClipEngine, load_clip_prompts
 
     prompttune.train("coop", tiny, fashion, shots=2, out=tmp_path / "coop", eval_limit=2, progress=False,
                      steps=2, batch_size=4)
     prompttune.train("zero-shot-clip", tiny, fashion, shots=2, out=tmp_path / "zs", eval_limit=2, progress=False)
-    engine = ClipEngine(tiny, load_clip_prompts(tiny, [str(tmp_path / "coop"), f"hand={tmp_path / 'zs'}"]))
+    engine = serving_engine([str(tmp_path / "coop"), f"hand={tmp_path / 'zs'}"], tiny)
     client = TestClient(create_app(engine, api_key="k"))
     auth = {"Authorization": "Bearer k"}
     models = {m["id"]: m for m in client.get("/v1/models", headers=auth).json()["data"]}
@@ -319,7 +319,7 @@ def test_serve_classifies_base64_images_with_clip_artifacts(tiny, fashion, tmp_p
     prompttune.train("zero-shot", str(tiny_llama_dir), "sst2", data_dir, shots=2, out=tmp_path / "text",
                      eval_limit=2, progress=False)
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "coop"), str(tmp_path / "text")])
-    assert result.exit_code != 0 and "cannot be served beside text-model artifacts" in result.output
+    assert result.exit_code != 0 and "cannot be served together" in result.output
 
 
 def _open_clip_layout(model) -> dict[str, torch.Tensor]:

