@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..artifact import backbone_meta, check_backbone, read_artifact, task_meta, write_artifact
+from ..artifact import backbone_meta, check_backbone, task_meta, write_artifact
 from ..errors import ArtifactError, ConfigError
+from ..kinds import open_artifact
 from ..models import load_backbone
+from ..prompts.deep import kv_shape, peft_rows_to_kv
 from ..prompts.kinds import get_prompt_kind
 from ..tasks import load_task
 from ..utils.env import package_versions
@@ -34,25 +36,12 @@ def _peft():
     return peft
 
 
-def kv_to_peft_rows(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """(layers, kv_heads, n, head_dim) keys and values -> PEFT prefix-tuning rows (n, layers*2*kv_heads*head_dim),
-    in the order PEFT's `get_prompt` unpacks them: per token, layer-major, key before value."""
-    n = keys.shape[2]
-    return torch.stack([keys, values], 1).permute(3, 0, 1, 2, 4).reshape(n, -1)
-
-
-def peft_rows_to_kv(rows: torch.Tensor, layers: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = rows.shape[0]
-    kv = rows.reshape(n, layers, 2, kv_heads, -1).permute(1, 2, 3, 0, 4)  # (layers, 2, heads, n, head_dim)
-    return kv[:, 0].contiguous(), kv[:, 1].contiguous()
-
-
 def export_peft(artifact: str | Path, out: str | Path, model: str | None = None) -> Path:
     """Write the artifact's prompt as a PEFT adapter directory: a soft prompt (prompt tuning and every
     method whose folded result is a plain prompt: residual, LoPT, P-tuning, XPrompt, transfer, ...)
     as PROMPT_TUNING, a deep key/value prompt (prefix-tuning, P-tuning v2) as PREFIX_TUNING."""
     peft = _peft()
-    meta, tensors = read_artifact(artifact)
+    _, meta, tensors = open_artifact(artifact)
     kind = get_prompt_kind(meta["prompt_kind"])
     exported = kind.peft_rows(tensors)
     if exported is None:
@@ -115,8 +104,6 @@ def import_peft(adapter: str | Path, out: str | Path, task: str, data_dir: str |
     task_obj = load_task(task, data_dir)
     backbone = load_backbone(model or config.get("base_model_name_or_path") or "", device="cpu", dtype="float32")
     if peft_type == "PREFIX_TUNING":
-        from ..prompts.deep import kv_shape
-
         layers, kv_heads, head_dim = kv_shape(backbone.model.config)
         if rows.shape[1] != layers * 2 * kv_heads * head_dim:
             raise ArtifactError(f"{weights_path}: prefix width {rows.shape[1]} does not fit the model "
@@ -131,7 +118,7 @@ def import_peft(adapter: str | Path, out: str | Path, task: str, data_dir: str |
         # PEFT saves a P-tuning adapter's encoder *output*, so both kinds are plain soft prompts here.
         method, kind, tensors = "prompt-tuning", "soft", {"prompt": rows}
     meta = {
-        "method": method, "prompt_kind": kind, "hyperparameters": {"n_tokens": rows.shape[0]},
+        "kind": "text", "method": method, "prompt_kind": kind, "hyperparameters": {"n_tokens": rows.shape[0]},
         "trainable_parameters": rows.numel(),
         "backbone": backbone_meta(backbone), "task": task_meta(task_obj),
         "metrics": {}, "history": [], "info": {"imported_from": str(adapter_dir.resolve()), "peft_type": peft_type},

@@ -74,3 +74,16 @@ class PrefixPrompt(nn.Module):
         flat = self.mlp(self.embedding)  # (n_tokens, layers * 2 * heads * head_dim)
         kv = flat.reshape(n_tokens, layers, 2, heads, head_dim).permute(1, 2, 3, 0, 4)
         return [(kv[i, 0], kv[i, 1]) for i in range(layers)]
+
+
+def kv_to_peft_rows(keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """(layers, kv_heads, n, head_dim) keys and values -> PEFT prefix-tuning rows (n, layers*2*kv_heads*head_dim),
+    in the order PEFT's `get_prompt` unpacks them: per token, layer-major, key before value."""
+    n = keys.shape[2]
+    return torch.stack([keys, values], 1).permute(3, 0, 1, 2, 4).reshape(n, -1)
+
+
+def peft_rows_to_kv(rows: torch.Tensor, layers: int, kv_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = rows.shape[0]
+    kv = rows.reshape(n, layers, 2, kv_heads, -1).permute(1, 2, 3, 0, 4)  # (layers, 2, heads, n, head_dim)
+    return kv[:, 0].contiguous(), kv[:, 1].contiguous()

@@ -172,7 +172,7 @@ def _save_kv(prompt) -> dict[str, torch.Tensor]:
 
 
 def _kv_peft(tensors: Tensors) -> PeftRows:
-    from ..export.peft import kv_to_peft_rows
+    from .deep import kv_to_peft_rows
 
     return PeftRows("PREFIX_TUNING", kv_to_peft_rows(tensors["keys"], tensors["values"]))
 
