@@ -123,9 +123,12 @@ class ToyKind(Kind):
     def check_meta(self, meta: dict[str, Any], where: Path) -> None:
         field_of(meta, "task.labels", list, where)
 
-    def evaluate_artifact(self, path, meta, tensors, backbone, task, data_dir, split, limit) -> ToyScores:
+    def eval_plan(self, path, meta, task, data_dir, split, limit) -> list[tuple[str, str]]:
         rows = self.load_task(task or meta["task"]["name"], data_dir)["test"]
-        result = self.predictor(backbone, meta, tensors, str(path)).accuracy(rows[:limit] if limit else rows)
+        return rows[:limit] if limit else rows
+
+    def evaluate_artifact(self, plan, meta, tensors, backbone, where) -> ToyScores:
+        result = self.predictor(backbone, meta, tensors, where).accuracy(plan)
         result.split = "test"
         return result
 
@@ -171,6 +174,9 @@ def test_a_third_kind_trains_evaluates_and_loads_through_the_public_api(toy_kind
     predictor = prompttune.load(tmp_path / "toy", model=toy)
     long_sentence = " ".join(["a remarkably long and winding sentence"] * 8)
     assert [label for label, _ in predictor.classify(["short one", long_sentence])] == ["short", "long"]
+    assert [label for label, _ in prompttune.api.predict(tmp_path / "toy", [long_sentence], model=toy)] == ["long"]
+    with pytest.raises(ConfigError, match="artifacts of kind 'toy' cannot be served"):
+        prompttune.api.serving_engine([str(tmp_path / "toy")], model=toy)
     # the toy kind's prompt.json check runs at load, through the kind
     meta["task"]["labels"] = "long,short"
     (tmp_path / "toy" / ARTIFACT_JSON).write_text(json.dumps(meta))
@@ -243,8 +249,12 @@ def test_prompt_length_is_n_tokens_for_every_method_with_n_ctx_as_its_alias(tmp_
         prompttune.train("coop", clip, fashion, out=out, **common, **{name: value})
         meta, tensors = read_artifact(out)
         assert meta["hyperparameters"]["n_tokens"] == value and tensors["ctx"].shape[0] == value
-    with pytest.raises(ConfigError, match="n_ctx is another name for n_tokens"):
+        # fingerprinted under the old name, so CLIP runs started before the rename still resume
+        assert meta["run_identity"]["config"]["n_ctx"] == value and "n_tokens" not in meta["run_identity"]["config"]
+    with pytest.raises(ConfigError, match="method 'coop': n_ctx: n_ctx is another name for n_tokens"):
         prompttune.train("coop", clip, fashion, out=tmp_path / "both", n_tokens=4, n_ctx=4, **common)
+    with pytest.raises(ConfigError, match="eval_split 'dev': an image task is scored on its test split"):
+        prompttune.train("coop", clip, fashion, out=tmp_path / "dev", eval_split="dev", **common)
 
 
 def test_one_server_refuses_artifacts_of_two_kinds(backbone, data_dir, tmp_path, fashion_mnist_installed):

@@ -42,8 +42,10 @@ def test_artifact_layout_and_metadata(tuned, backbone):
     assert files == [ARTIFACT_JSON, ARTIFACT_TENSORS]  # checkpoint removed, nothing else, no pickle
     meta = json.loads((tuned.out_dir / ARTIFACT_JSON).read_text())
     assert meta["method"] == "prompt-tuning" and meta["prompt_kind"] == "soft"
+    assert meta["kind"] == "text" and meta["primary_metric"] == "accuracy"
     assert meta["backbone"] == {"id": "smollm2-135m", "fingerprint": backbone.fingerprint, "fingerprint_version": 2,
-                                "class": "LlamaForCausalLM", "hidden_size": 576, "dtype": "float32"}
+                                "kind": "causal-lm", "class": "LlamaForCausalLM", "hidden_size": 576,
+                                "dtype": "float32"}
     assert meta["hyperparameters"]["n_tokens"] == 20 and meta["trainable_parameters"] == 20 * 576
     assert meta["task"]["verbalizer"] == {"0": " negative", "1": " positive"}
     assert set(meta["metrics"]) == {"dev", "eval"} and meta["metrics"]["eval"]["split"] == "dev"

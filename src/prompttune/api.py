@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .artifact import RUN_JSON, backbone_meta, check_backbone, read_artifact, write_artifact
+from .artifact import RUN_JSON, backbone_meta, check_backbone, read_meta, write_artifact
 from .errors import ConfigError
 from .evaluation import EvalResult, evaluate_prompt
-from .kinds import Kind, kind_for, kind_of, open_artifact
+from .kinds import Kind, kind_for, kind_for_model, kind_of, open_artifact
 from .kinds.text import held_out
 from .methods import available_methods, get_method
 from .rundir import check_out_dir, check_same_run, prepare_out_dir, run_fingerprint
@@ -129,8 +130,8 @@ def train(
                           "text prompt (a soft prompt is tied to its model)")
     ports = [_backbone(kind, m, device, dtype) for m in port_to or []]  # a bad model id fails before training
     config = method_obj.config.model_dump()
-    identity = {"method": method, "config": config, "seed": seed, "backbone": backbone.fingerprint,
-                **prepared.identity}
+    identity = {"method": method, "config": kind.identity_config(config), "seed": seed,
+                "backbone": backbone.fingerprint, **prepared.identity}
     fingerprint = run_fingerprint(identity)
     check_same_run(out_dir, fingerprint, identity, resume)
     created = prepare_out_dir(out_dir, overwrite, fingerprint, identity)
@@ -162,7 +163,12 @@ def train(
     meta["metrics"] = _metrics(scores)
     meta["primary_metric"] = (scores.get("eval") or scores["dev"]).primary
     if extra_metrics:
-        extra = method_obj.extra_metrics(ctx, result, lambda prompt: kind.score(backbone, prepared, prompt))
+        try:
+            extra = method_obj.extra_metrics(ctx, result, lambda prompt: kind.score(backbone, prepared, prompt))
+        except Exception as exc:  # noqa: BLE001 - extra figures must never cost the trained prompt
+            warnings.warn(f"{method}: its extra metrics failed ({type(exc).__name__}: {exc}); the artifact is "
+                          "written without them", RuntimeWarning, stacklevel=2)
+            extra = {"error": f"{type(exc).__name__}: {exc}"}
         if extra:
             meta["metrics"]["extra"] = extra
     portability = [kind.port(other, prepared, meta, result.tensors) for other in ports]
@@ -176,7 +182,7 @@ def train(
     })
     if DataParallel.current().is_main:  # under `accelerate launch`, one process writes
         write_artifact(out_dir, result.tensors, meta)  # swapped in whole; the run's checkpoints go with the old dir
-    return TrainReport(out_dir, meta, scores["dev"], scores.get("eval"), time.perf_counter() - started)
+    return TrainReport(out_dir, meta, scores.get("dev"), scores.get("eval"), time.perf_counter() - started)
 
 
 def evaluate(backbone: Any, task: Task, examples: list[Example], prompt=None, batch_size: int = 32) -> EvalResult:
@@ -201,8 +207,9 @@ def evaluate_artifact(
     for training and selection; on the same split and limit the numbers equal the train-time held-out
     ones. Returns the kind's scores (`.line()`, `.summary()`, `.as_dict()`; `split`, `excluded`)."""
     kind, meta, tensors = open_artifact(path)
+    plan = kind.eval_plan(Path(path), meta, task, data_dir, split, limit)  # bad input fails before the model loads
     backbone = _artifact_backbone(kind, meta, path, model, device, dtype)
-    return kind.evaluate_artifact(Path(path), meta, tensors, backbone, task, data_dir, split, limit)
+    return kind.evaluate_artifact(plan, meta, tensors, backbone, f"artifact {path}")
 
 
 def load(path: str | Path, model: str | Any | None = None, device: str = "auto", dtype: str = "auto",
@@ -219,16 +226,17 @@ def serving_engine(artifacts: list[str], model: str | Any | None = None, device:
                    **limits: Any) -> Any:
     """The engine that serves `artifacts` (NAME=PATH or PATH) on one backbone: the model (default: the
     first artifact's recorded one, else smollm2-135m) and the engine come from the artifacts' kind."""
-    kinds = {spec: kind_of(read_artifact(spec.rpartition("=")[2])[0]) for spec in artifacts}
+    metas = {spec: read_meta(spec.rpartition("=")[2]) for spec in artifacts}
+    kinds = {spec: kind_of(meta) for spec, meta in metas.items()}
     names = sorted({k.name for k in kinds.values()})
     if len(names) > 1:
         groups = "; ".join(f"{n}: {', '.join(s for s, k in kinds.items() if k.name == n)}" for n in names)
         raise ConfigError(f"one server runs one model: artifacts of different kinds ({groups}) cannot be served "
                           "together; start one server for each kind")
-    kind = next(iter(kinds.values())) if kinds else kind_for(("causal-lm",), "serve")
-    if model is None and artifacts:
-        model = read_artifact(artifacts[0].rpartition("=")[2])[0]["backbone"]["id"]
-    backbone = _backbone(kind, model or "smollm2-135m", device, dtype)
+    if model is None:
+        model = next(iter(metas.values()))["backbone"]["id"] if metas else "smollm2-135m"
+    kind = next(iter(kinds.values())) if kinds else kind_for_model(model)
+    backbone = _backbone(kind, model, device, dtype)
     return kind.engine(backbone, artifacts, **limits)
 
 

@@ -6,9 +6,11 @@ directory, so its tensors and its JSON always come from the same write, and a di
 prompttune did not write (a `.git/`, a `.env`, notes), the working directory (or one above it), or
 one the OS will not swap (a mount point, an unwritable parent) is written in place instead, file
 by file: the old `prompt.json` goes first and the new one comes last, so the rule still holds.
-Loading reads safetensors and JSON only (nothing is ever unpickled), checks `format_version`, the
-type of every field it uses and the shape of every tensor against the backbone, so a bad artifact
-fails at load with its name, not later inside torch.
+Loading reads safetensors and JSON only (nothing is ever unpickled). `read_artifact` checks
+`format_version` and the type of every field all kinds share; `kinds.open_artifact`, which every
+loader uses, adds the kind's own fields (e.g. a text task's template and verbalizer), and the
+predictor checks the shape of every tensor against the backbone, so a bad artifact fails at load
+with its name, not later inside torch.
 """
 
 from __future__ import annotations
@@ -155,6 +157,20 @@ def _check_fields(meta: Any, where: Path) -> None:
 
 
 def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """prompt.json (its common fields checked; `kinds.open_artifact` adds the kind's checks) and the tensors."""
+    root = Path(path)
+    meta = read_meta(root)
+    try:
+        tensors = load_file(str(root / ARTIFACT_TENSORS))
+    except FileNotFoundError:
+        raise ArtifactError(f"{root}: missing {ARTIFACT_TENSORS}") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise ArtifactError(f"{root / ARTIFACT_TENSORS}: unreadable ({exc})") from None
+    return meta, tensors
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """An artifact's prompt.json alone, its common fields checked (no tensor is read)."""
     root = Path(path)
     meta_path = root / ARTIFACT_JSON
     if not root.is_dir():
@@ -170,13 +186,7 @@ def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Ten
     except UnicodeDecodeError:
         raise ArtifactError(f"{meta_path}: not UTF-8 text") from None
     _check_fields(meta, meta_path)
-    try:
-        tensors = load_file(str(root / ARTIFACT_TENSORS))
-    except FileNotFoundError:
-        raise ArtifactError(f"{root}: missing {ARTIFACT_TENSORS}") from None
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise ArtifactError(f"{root / ARTIFACT_TENSORS}: unreadable ({exc})") from None
-    return meta, tensors
+    return meta
 
 
 def backbone_meta(backbone: Any) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def train(
     dev_shots: Annotated[int | None, typer.Option(help="Dev examples per class (default: --shots).")] = None,
     eval_split: Annotated[str | None, typer.Option(help="Split for the final score (default: test when "
                                                      "the task has one).")] = None,
-    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N examples of that split.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(help="Score only the first N (images: N per class).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint; only the same "
                                          "run (method, hyper-parameters, data, seed, model) is continued.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace the artifact or run in --out (a directory prompttune did "
@@ -164,7 +164,7 @@ def eval_cmd(
     data_dir: DataDirOpt = None,
     split: Annotated[str | None, typer.Option(help="train, dev or test (default: test when the task has "
                                                    "one, else dev).")] = None,
-    limit: Annotated[int | None, typer.Option(help="Score only the first N held-out examples.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N (images: N per class).")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the recorded one).")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -175,9 +175,8 @@ def eval_cmd(
     from .api import evaluate_artifact
 
     result = evaluate_artifact(artifact, task, data_dir, split, limit, model, device, dtype)
-    if result.excluded:
-        console.print(f"split '{result.split}': {result.excluded} examples left out as used in training or "
-                      "selection", highlight=False)
+    console.print(f"split '{result.split}': {result.excluded} examples left out as used in training or "
+                  "selection", highlight=False)
     console.print(result.summary(), highlight=False)
     print(result.line())
 

@@ -280,8 +280,8 @@ def load_grid(path: str | Path) -> Grid:
             if not Path(models[i]).exists():
                 raise where.error(("models", i), f"model path {models[i]} does not exist")
     tasks = _axis(doc, "tasks", str, where)
-    for i, t in enumerate(tasks):
-        if t.endswith((".yaml", ".yml", ".csv")) or Path(t).expanduser().is_dir():
+    for i, t in enumerate(tasks):  # a file or a path is relative to the grid; a bare name is a built-in task
+        if t.endswith((".yaml", ".yml", ".csv")) or "/" in t or t.startswith((".", "~")):
             tasks[i] = _resolve(t, grid_dir)
     shots = _axis(doc, "shots", int, where)
     seeds = _axis(doc, "seeds", int, where)

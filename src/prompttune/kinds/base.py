@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from ..errors import ArtifactError, ConfigError
+from ..artifact import ARTIFACT_JSON, read_artifact
+from ..errors import ArtifactError, ConfigError, PromptTuneError
 from ..methods.base import RunContext
 
 
@@ -58,8 +59,21 @@ class Kind(ABC):
     options: ClassVar[tuple[str, ...]] = ()  # train() keywords this kind takes (not the method's)
 
     def accepts(self, model: Any, task: Any) -> bool:
-        """Whether this kind runs `task` on `model`, when a method fits several kinds."""
-        return True
+        """Whether this kind runs `task` on `model`, when a method fits several kinds: by default, whether
+        `model` is (or names, by its config) one of this kind's backbones."""
+        if self.is_backbone(model):
+            return True
+        if not isinstance(model, str):
+            return False
+        try:
+            return _model_kind(model) in self.backbone_kinds
+        except PromptTuneError:
+            return True  # unreadable here: loading it will say why
+
+    def identity_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The method config as it enters the run fingerprint (a kind may keep older names, so that runs
+        started before a rename still resume)."""
+        return config
 
     @abstractmethod
     def load_backbone(self, model: str, device: str, dtype: str) -> Any: ...
@@ -94,9 +108,15 @@ class Kind(ABC):
         """What applies an artifact: the prompt on its (checked) backbone."""
 
     @abstractmethod
-    def evaluate_artifact(self, path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone: Any,
-                          task: Any, data_dir: str | Path | None, split: str | None, limit: int | None) -> Scores:
-        """Score an artifact on held-out data, leaving out what its run drew for training."""
+    def eval_plan(self, path: Path, meta: dict[str, Any], task: Any, data_dir: str | Path | None,
+                  split: str | None, limit: int | None) -> Any:
+        """What `evaluate_artifact` scores: the task and the held-out data, minus what the artifact's run
+        drew for training. Made before any model is loaded, so bad input fails fast."""
+
+    @abstractmethod
+    def evaluate_artifact(self, plan: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone: Any,
+                          where: str) -> Scores:
+        """Score an artifact on its `eval_plan`."""
 
     def result_meta(self, info: dict[str, Any]) -> dict[str, Any]:
         """Fields of a method's `info` that applying the artifact needs, put at prompt.json's top level."""
@@ -153,9 +173,36 @@ def kind_for(backbone_kinds: tuple[str, ...], method: str, model: Any = None, ta
     return fits[0]
 
 
+def kind_for_model(model: Any) -> Kind:
+    """The kind whose backbones `model` is: a loaded backbone, or a model id read by its config."""
+    for kind in _KINDS.values():
+        if kind.is_backbone(model):
+            return kind
+    found = _model_kind(model)
+    for kind in _KINDS.values():
+        if found in kind.backbone_kinds:
+            return kind
+    raise ConfigError(f"model '{model}' is a {found}, which no kind registered here runs")
+
+
+def _model_kind(model: str) -> str:
+    from ..models.load import model_kind
+
+    return model_kind(model)
+
+
 def kind_of(meta: dict[str, Any]) -> Kind:
     """The kind an artifact records; artifacts from before kinds were recorded are text, or CLIP by prompt kind."""
     name = meta.get("kind") or ("clip" if meta.get("prompt_kind") == "clip" else "text")
     if not isinstance(name, str):
         raise ArtifactError(f"field 'kind' must be a string, not {type(name).__name__}")
     return get_kind(name)
+
+
+def open_artifact(path: str | Path) -> tuple[Kind, dict[str, Any], dict[str, torch.Tensor]]:
+    """An artifact's kind, prompt.json (brought to today's schema and checked) and tensors."""
+    meta, tensors = read_artifact(path)
+    kind = kind_of(meta)
+    meta = kind.upgrade_meta(meta)
+    kind.check_meta(meta, Path(path) / ARTIFACT_JSON)
+    return kind, meta, tensors

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from ..artifact import check_tensors, field_of
-from ..errors import ArtifactError
+from ..errors import ArtifactError, ConfigError
+from ..methods import available_methods
 from ..methods.base import RunContext
-from ..methods.family.clip import ClipPredictor
-from ..methods.tpt import TPTPredictor
+from ..methods.family.clip import ClipMethod, ClipPredictor
 from ..models.clip import ClipBackbone, harmonic_mean, load_clip_backbone
 from ..tasks.images import ImageTask, decode_image, load_image_task
 from .base import Kind, Prepared
@@ -79,7 +79,9 @@ def score_images(predictor: ClipPredictor, task: ImageTask, trained: list[int], 
 
 def make_predictor(backbone: ClipBackbone, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
                    task: ImageTask) -> ClipPredictor:
-    cls = TPTPredictor if meta.get("test_time") else ClipPredictor
+    """The artifact's method's predictor (a method no longer registered: the plain one)."""
+    method = available_methods().get(meta["method"])
+    cls = method.predictor_class() if method is not None and issubclass(method, ClipMethod) else ClipPredictor
     return cls(backbone, meta, tensors, task)
 
 
@@ -100,6 +102,7 @@ class ClipKind(Kind):
     def prepare(self, task: Any, data_dir: str | Path | None, shots: int, seed: int, dev_shots: int | None,
                 eval_split: str | None, eval_limit: int | None, base_to_new: bool = True,
                 **options: Any) -> Prepared:
+        _test_split_only(eval_split, "eval_split")
         task_obj = self.load_task(task, data_dir)
         fewshot = task_obj.few_shot(shots, seed, dev_shots, base_only=base_to_new)
         used = fewshot.train + fewshot.dev  # the data: these images' bytes and labels
@@ -126,12 +129,18 @@ class ClipKind(Kind):
 
     def evaluate(self, backbone: Any, prepared: Prepared, meta: dict[str, Any],
                  tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
-        task, data = prepared.task, prepared.data
+        task, data, held = prepared.task, prepared.data, prepared.held_out
         predictor = make_predictor(backbone, meta, tensors, task)
-        dev = ClipScores(len(data.dev), accuracy=predictor.accuracy(task.train, data.dev, data.classes))
-        held = prepared.held_out
-        return {"dev": dev, "eval": score_images(predictor, task, data.classes, held["base_to_new"],
-                                                 held["limit_per_class"])}
+        scores: dict[str, Any] = {}
+        if not meta.get("test_time"):  # a test-time method tunes per image: scoring dev would double its cost
+            scores["dev"] = ClipScores(len(data.dev), accuracy=predictor.accuracy(task.train, data.dev, data.classes))
+        scores["eval"] = score_images(predictor, task, data.classes, held["base_to_new"], held["limit_per_class"])
+        return scores
+
+    def identity_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """CLIP runs were fingerprinted with the prompt length named `n_ctx`; keeping that name in the
+        fingerprint lets runs started before it became `n_tokens` resume."""
+        return {("n_ctx" if k == "n_tokens" else k): v for k, v in config.items()}
 
     def upgrade_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         """CLIP artifacts written before the one schema: `shots`/`seed` at the top, `seconds`, and metrics
@@ -167,12 +176,17 @@ class ClipKind(Kind):
                                 f"{task_obj.classes}")
         return make_predictor(backbone, meta, tensors, task_obj)
 
-    def evaluate_artifact(self, path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone: Any,
-                          task: Any, data_dir: str | Path | None, split: str | None,
-                          limit: int | None) -> ClipScores:
-        """The image task's test split (training drew from its train split only), base-to-new when the
-        artifact was trained on base classes."""
-        predictor = self.predictor(backbone, meta, tensors, f"artifact {path}", task)
+    def eval_plan(self, path: Path, meta: dict[str, Any], task: Any, data_dir: str | Path | None,
+                  split: str | None, limit: int | None) -> tuple[ImageTask | None, int | None]:
+        """The image task's test split (training drew from its train split only); `limit` per class."""
+        _test_split_only(split, "split")
+        return (None if task is None else self.load_task(task, data_dir)), limit
+
+    def evaluate_artifact(self, plan: tuple[ImageTask | None, int | None], meta: dict[str, Any],
+                          tensors: dict[str, torch.Tensor], backbone: Any, where: str) -> ClipScores:
+        """Base-to-new when the artifact was trained on base classes, else over the trained classes."""
+        task, limit = plan
+        predictor = self.predictor(backbone, meta, tensors, where, task)
         base_to_new = (meta.get("data") or {}).get("base_to_new", True)
         return score_images(predictor, predictor.task, meta["task"]["trained_classes"], base_to_new, limit)
 
@@ -188,10 +202,14 @@ class ClipKind(Kind):
 
     def read_inputs(self, raw: list[str]) -> list[Any]:
         """Image files, decoded."""
-        from ..errors import ConfigError
-
         paths = [Path(f) for f in raw]
         for p in paths:
             if not p.is_file():
                 raise ConfigError(f"{p}: not a readable image file (no such file)")
         return [decode_image(p, str(p)) for p in paths]
+
+
+def _test_split_only(split: str | None, name: str) -> None:
+    if split not in (None, "test"):
+        raise ConfigError(f"{name} '{split}': an image task is scored on its test split (its train split holds the "
+                          "few-shot draw)")

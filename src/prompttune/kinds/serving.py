@@ -11,15 +11,13 @@ from typing import Any
 from ..artifact import check_backbone
 from ..errors import ConfigError
 from ..serve.specs import artifact_names
-from .base import Kind
+from .base import Kind, open_artifact
 
 
 def served_predictors(kind: Kind, backbone: Any, specs: list[str],
                       reserved: tuple[str, ...] = ()) -> list[tuple[str, str, Any]]:
     """(name, path, predictor) for each NAME=PATH or PATH: names settled first (a clash is refused before
     anything is read), then each artifact refused when it is of another kind or was trained on other weights."""
-    from . import open_artifact
-
     served = []
     for name, path in artifact_names(specs, reserved):
         other, meta, tensors = open_artifact(path)

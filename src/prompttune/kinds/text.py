@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,13 @@ from ..methods.base import RunContext
 from ..models import BACKBONE_TYPES, load_backbone
 from ..tasks import Example, Task, load_task
 from .base import Kind, Prepared
+
+
+@dataclass
+class EvalPlan:
+    examples: list[Example]
+    split: str
+    excluded: int  # examples of `split` left out as drawn for training or selection
 
 
 def held_out(task: Task, split: str, used: list[Example], limit: int | None) -> list[Example]:
@@ -103,12 +111,14 @@ class TextKind(Kind):
 
     def predictor(self, backbone: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str,
                   task: Any = None) -> Predictor:
+        if task is not None:
+            raise ConfigError(f"{where}: a text prompt carries its own template and labels; `task` applies to image "
+                              "artifacts only (to score it on another task, use evaluate_artifact)")
         return Predictor(backbone, meta, tensors, where)
 
-    def evaluate_artifact(self, path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor], backbone: Any,
-                          task: Any, data_dir: str | Path | None, split: str | None,
-                          limit: int | None) -> EvalResult:
-        """Score on a task split (by default the artifact's own task), minus the examples its run drew for
+    def eval_plan(self, path: Path, meta: dict[str, Any], task: Any, data_dir: str | Path | None,
+                  split: str | None, limit: int | None) -> tuple[Task, EvalPlan]:
+        """A task split (by default the artifact's own task's), minus the examples its run drew for
         training and selection, redrawn from the shots and seed prompt.json's `data` records: on the same
         split and limit the numbers equal the train-time held-out ones."""
         task_obj = task if isinstance(task, Task) else load_task(
@@ -116,12 +126,16 @@ class TextKind(Kind):
         split_name = split or task_obj.eval_split_name
         used = _drawn_for_training(path, meta, task_obj, data_dir)
         taken = {ex.origin for ex in used}
-        check_tensors(meta, tensors, backbone, f"artifact {path}")
-        labels = backbone.label_words(task_obj.words(), task_obj.labels)
-        result = evaluate_prompt(backbone, task_obj, labels, held_out(task_obj, split_name, used, limit),
-                                 self._prompt(backbone, meta, tensors))
-        result.split = split_name
-        result.excluded = sum(ex.origin in taken for ex in task_obj.split(split_name))
+        examples = held_out(task_obj, split_name, used, limit)
+        return task_obj, EvalPlan(examples, split_name, sum(ex.origin in taken for ex in task_obj.split(split_name)))
+
+    def evaluate_artifact(self, plan: tuple[Task, EvalPlan], meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                          backbone: Any, where: str) -> EvalResult:
+        task, held = plan
+        check_tensors(meta, tensors, backbone, where)
+        labels = backbone.label_words(task.words(), task.labels)
+        result = evaluate_prompt(backbone, task, labels, held.examples, self._prompt(backbone, meta, tensors))
+        result.split, result.excluded = held.split, held.excluded
         return result
 
     def engine(self, backbone: Any, artifacts: list[str], max_batch: int = 64, batch_wait_ms: float = 2.0,

@@ -38,7 +38,7 @@ class MethodConfig(BaseModel):
         return data
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunContext:
     """What a method's `fit` gets, for every kind (see kinds/): the backbone, the task and its few-shot
     draw (`data.train`, `data.dev`); `labels` are the label words of a text classification task."""
@@ -88,9 +88,10 @@ class Method(ABC):
             return cls(cls.Config.model_validate(params))
         except ValidationError as exc:
             err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"]) or "?"
+            key = ".".join(str(p) for p in err["loc"]) or ("n_ctx" if "n_ctx" in params else "?")
             known = ", ".join(cls.Config.model_fields)
-            msg = "unknown hyper-parameter" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown hyper-parameter" if err["type"] == "extra_forbidden" else err["msg"].removeprefix(
+                "Value error, ")
             raise ConfigError(f"method '{cls.name}': {key}: {msg} (its hyper-parameters: {known or 'none'})") from None
 
     @abstractmethod

@@ -69,6 +69,11 @@ class TPT(ClipMethod):
     description = "TPT: test-time prompt tuning per image (entropy of confident augmented views)."
     Config = TPTConfig
 
+
+    @classmethod
+    def predictor_class(cls) -> type[ClipPredictor]:
+        return TPTPredictor
+
     def fit(self, ctx: RunContext) -> MethodResult:
         bb, cfg = ctx.backbone, self.config
         init = context_init(bb, cfg.ctx_init, cfg.n_tokens)

@@ -35,7 +35,6 @@ from .packing import PackedLayout, causal_allowed
 from .padded import PaddedPaths
 from .scoring import DeltaPrompt, LabelWords, Prefix, PromptInput, class_scores, one_hot_rows, tokenize_label_words
 
-_class_scores = class_scores  # serve/engine.py imports it from here
 __all__ = ["CausalLMBackbone", "DeltaPrompt", "LabelWords", "load_causal_lm", "tokenize_label_words"]
 
 

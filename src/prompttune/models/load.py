@@ -1,9 +1,10 @@
 """Which kind of model a `--model` value names, and loading a frozen text backbone for it.
 
 `model_kind` is the one place that tells a causal LM, an encoder and a CLIP-style dual encoder apart,
-from the config alone (no weights are read): `load_backbone` dispatches on it, and the CLI uses it to
-say which methods a model takes. The backbones themselves live in `causal_lm.py` and `encoder.py`;
-this module sits above both, so neither needs the other.
+from the config alone (no weights are read): `load_backbone` dispatches on it, `api.describe_methods`
+uses it to say which methods a model takes, and the kinds to choose a model's kind. The backbones
+themselves live in `causal_lm.py` and `encoder.py`; this module sits above both, so neither needs
+the other.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 from ..artifact import Predictor
 from ..errors import ConfigError
 from ..models import LabelWords
-from ..models.causal_lm import _class_scores
+from ..models.scoring import class_scores
 from ..prompts.kinds import get_prompt_kind
 from .mixed import answer_hidden_mixed
 from .scheduler import EngineClosed, FairQueue, Part, RequestTimeout, Work
@@ -348,9 +348,9 @@ def _labelled(prompt: ServedPrompt, scores: torch.Tensor) -> tuple[str, dict[str
 
 def _class_logprobs(logits: torch.Tensor, labels: LabelWords, where: dict[int, int]) -> torch.Tensor:
     """Log-probabilities over one row's classes from its label words' logits, aggregated as
-    `backbone.score` does (`_class_scores`), then log-softmax."""
+    `backbone.score` does (`class_scores`), then log-softmax."""
     words = torch.stack([logits[where[w[0]]] for w in labels.flat])
-    return torch.log_softmax(_class_scores(words[None], labels)[0], -1)
+    return torch.log_softmax(class_scores(words[None], labels)[0], -1)
 
 
 class _Interrupt(StoppingCriteria):

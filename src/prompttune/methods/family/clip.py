@@ -73,6 +73,11 @@ class ClipMethod(Method):
     backbone_kinds: ClassVar[tuple[str, ...]] = ("clip",)
     Config = ClipConfig
 
+    @classmethod
+    def predictor_class(cls) -> type[ClipPredictor]:
+        """What applies this method's artifacts (TPT tunes per test image)."""
+        return ClipPredictor
+
     def prompt_shape(self, backbone: ClipBackbone) -> PromptShape:
         return PromptShape(n_ctx=self.config.n_tokens)
 
