@@ -19,6 +19,7 @@ from typing import Any
 from rich.console import Console
 
 from ..errors import ConfigError, PromptTuneError
+from ..utils.env import quiet_libraries
 from .grid import Cell, Grid
 from .store import Heartbeat, ResultStore, new_owner
 
@@ -59,7 +60,7 @@ def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -
 
     if threads:
         torch.set_num_threads(threads)
-    _quiet()
+    quiet_libraries()
     started = time.perf_counter()
     report = api.train(
         config["method"], _backbone(config["method"], config["model"]), config["task"], config["data_dir"],
@@ -69,25 +70,17 @@ def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -
     meta = report.meta
     info = meta.get("info", {})
     recorded = meta["metrics"]
-    scored = recorded.get("eval") or recorded["dev"]
+    scored = recorded.get("eval") or recorded.get("dev", {})
     metrics = {k: recorded[k] for k in ("dev", "eval") if k in recorded} | recorded.get("extra", {})
     llm = info.get("llm_calls")
     return {
         "accuracy": report.score, "macro_f1": scored.get("macro_f1"),
-        "dev_accuracy": recorded["dev"].get("accuracy"), "eval_size": scored.get("n"),
+        "dev_accuracy": recorded.get("dev", {}).get("accuracy"), "eval_size": scored.get("n"),
         "trainable_parameters": meta["trainable_parameters"],
         "wall_seconds": round(time.perf_counter() - started, 2), "queries": info.get("queries_used"),
         "llm_calls": len(llm) if isinstance(llm, list) else llm, "artifact": str(report.out_dir),
         "metrics": metrics, "versions": meta["versions"], "worker": f"{os.uname().nodename}:{os.getpid()}",
     }
-
-
-def _quiet() -> None:
-    """Worker processes (pool, Ray) keep transformers' loading bars out of the bench output."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def _describe(cell: Cell) -> str:
