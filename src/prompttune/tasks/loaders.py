@@ -43,7 +43,37 @@ def _trec_coarse(path: Path) -> list[Record]:
     return out
 
 
-LINE_FORMATS: dict[str, Callable[[Path], list[Record]]] = {"label-text": _label_text, "trec-coarse": _trec_coarse}
+def _bio(path: Path) -> list[Record]:
+    """`word:TAG word:TAG ... <=> <intent>` a line, BIO slot tags (MIT Movies in the few-shot-learning
+    layout). A record holds the `query` and, per slot type (lower-case, e.g. "director"), its spans'
+    words joined by " | " in order of appearance."""
+    out = []
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            tagged = line.split("<=>")[0].split()
+            if not tagged:
+                continue
+            words, spans, current = [], {}, None
+            for item in tagged:
+                word, sep, tag = item.rpartition(":")
+                if not sep or not (tag == "O" or tag[:2] in ("B-", "I-")):
+                    raise DataError(f"{path}:{n}: expected word:TAG with a BIO tag, got {item[:40]!r}")
+                words.append(word)
+                if tag == "O":
+                    current = None
+                elif tag.startswith("B-") or current != tag[2:].lower():
+                    current = tag[2:].lower()
+                    spans.setdefault(current, []).append([word])
+                else:
+                    spans[current][-1].append(word)
+            row = {"query": " ".join(words)} | {slot: " | ".join(" ".join(s) for s in found)
+                                                 for slot, found in spans.items()}
+            out.append((row, f"{path}:{n}"))
+    return out
+
+
+LINE_FORMATS: dict[str, Callable[[Path], list[Record]]] = {"label-text": _label_text, "trec-coarse": _trec_coarse,
+                                                           "bio": _bio}
 
 
 def _row(value: object, where: str) -> dict[str, str]:
@@ -57,6 +87,8 @@ def _jsonl(path: Path) -> list[Record]:
     text = _read_text(path)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         return _json_array(path, text)
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("{") and (examples := _examples_of(text)):
+        return _examples_object(path, examples)
     out = []
     for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
@@ -85,6 +117,30 @@ def _json_array(path: Path, text: str) -> list[Record]:
         where = f"{path}:{text.count(chr(10), 0, pos) + 1}"
         out.append((_row(row, where), where))
         pos = end
+    return out
+
+
+def _examples_of(text: str) -> dict | None:
+    """The "examples" mapping of a one-object .json file, or None (then it is read as JSON lines)."""
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    examples = doc.get("examples") if isinstance(doc, dict) else None
+    return examples if isinstance(examples, dict) else None
+
+
+def _examples_object(path: Path, examples: dict) -> list[Record]:
+    """`{"examples": {"1": {...}, ...}}` (instruction induction, as the APE repository ships it). A list of
+    strings stays a list (e.g. `possible_translations`: several acceptable answers)."""
+    out = []
+    for key, value in examples.items():
+        where = f"{path}:examples.{key}"
+        if not isinstance(value, dict):
+            raise DataError(f"{where}: each example must be a JSON object, not {type(value).__name__}")
+        row = {k: [str(x) for x in v] if isinstance(v, list) else ("" if v is None else str(v))
+               for k, v in value.items()}
+        out.append((row, where))
     return out
 
 

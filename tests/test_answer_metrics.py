@@ -1,0 +1,69 @@
+"""Metrics of generative tasks against hand-computed values and against their reference libraries."""
+
+from __future__ import annotations
+
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from prompttune.errors import ConfigError
+from prompttune.tasks.answer_metrics import get_metric, metric_names, normalize
+
+
+def same_first_letter(prediction: str, answers: list[str]) -> float:
+    """A user metric, named as python:test_answer_metrics:same_first_letter."""
+    return float(any(prediction[:1].lower() == a[:1].lower() for a in answers))
+
+
+def test_exact_match_normalises_as_squad_and_each_step_can_be_turned_off():
+    em = get_metric("exact_match")
+    assert normalize("  The  Cats, sat! ") == "cats sat"
+    assert em("The cats.", ["cats"]) == 1.0 and em("dogs", ["cats", "dogs"]) == 1.0 and em("cat", ["cats"]) == 0.0
+    assert get_metric("exact_match", lower=False)("Cats", ["cats"]) == 0.0
+    assert get_metric("exact_match", punctuation=False)("cats.", ["cats"]) == 0.0
+    assert get_metric("exact_match", articles=False)("the cats", ["cats"]) == 0.0
+    assert get_metric("exact_match", whitespace=False)("cats ", ["cats"]) == 0.0
+
+
+def test_contains_and_token_f1_take_the_best_answer():
+    assert get_metric("contains")("I think it is Paris, France.", ["paris"]) == 1.0
+    assert get_metric("contains")("London", ["paris", ""]) == 0.0  # an empty answer is never "contained"
+    f1 = get_metric("f1")
+    # prediction "steven soderbergh film" vs gold "steven soderbergh": P = 2/3, R = 1 -> F1 = 0.8
+    assert f1("Steven Soderbergh film", ["george clooney", "steven soderbergh"]) == pytest.approx(0.8)
+    assert f1("", [""]) == 1.0 and f1("x", [""]) == 0.0
+
+
+def test_rouge_l_chrf_and_bleu_equal_their_libraries():
+    pred, answers = "the cat sat on the mat", ["a cat was sitting on the mat", "the cat is on the mat"]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    assert get_metric("rouge_l")(pred, answers) == pytest.approx(
+        max(scorer.score(a, pred)["rougeL"].fmeasure for a in answers))
+    assert get_metric("chrf")(pred, answers) == pytest.approx(sacrebleu.sentence_chrf(pred, answers).score / 100)
+    assert get_metric("bleu")(pred, answers) == pytest.approx(sacrebleu.sentence_bleu(pred, answers).score / 100)
+    assert get_metric("chrf")(pred, [pred]) == pytest.approx(1.0)
+
+
+def test_numeric_regex_and_json():
+    num = get_metric("numeric")
+    assert num("so the answer is 1,234.", ["1234"]) == 1.0 and num("12 then 13", ["12"]) == 0.0
+    assert get_metric("numeric", tolerance=0.5)("3.4", ["3"]) == 1.0 and num("none", ["3"]) == 0.0
+    assert get_metric("regex", pattern=r"\d{4}")(" 1999 ", []) == 1.0
+    assert get_metric("regex")("cats", [r"cats?"]) == 1.0 and get_metric("regex")("dog", [r"cats?"]) == 0.0
+    schema = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
+    assert get_metric("json")('{"a": 1}', []) == 1.0 and get_metric("json")("{a: 1}", []) == 0.0
+    assert get_metric("json", schema=schema)('{"name": "x"}', []) == 1.0
+    assert get_metric("json", schema=schema)('{"name": 3}', []) == 0.0
+
+
+def test_user_metrics_and_bad_names_or_options_are_one_clear_line():
+    user = get_metric("python:test_answer_metrics:same_first_letter")  # tests/ is on sys.path
+    assert user("Paris", ["prague", "rome"]) == 1.0 and user("Oslo", ["rome"]) == 0.0
+    with pytest.raises(ConfigError, match="metric 'python:no_such_module:f' does not import"):
+        get_metric("python:no_such_module:f")
+    with pytest.raises(ConfigError, match="metric 'bleurt' is not known"):
+        get_metric("bleurt")
+    with pytest.raises(ConfigError, match="metric 'exact_match': bad options"):
+        get_metric("exact_match", casefold=True)
+    assert {"exact_match", "contains", "f1", "rouge_l", "chrf", "bleu", "numeric", "regex", "json"} <= set(
+        metric_names())
