@@ -8,8 +8,8 @@
                                  through the artifact's template
     POST /v1/classify            {"model", "input": [text | {field: text}, ...]} -> label + scores per input
 
-Over a CLIP backbone (serve/clip.py) `/v1/classify` takes base64 images instead, and the text routes
-answer 400.
+An engine whose `inputs` are "images" (a CLIP backbone, serve/clip.py) takes base64 images on
+`/v1/classify` instead, and the text routes answer 400. The app asks the engine, never the kind.
 
 Every error, whatever raised it, is OpenAI-style JSON, `{"error": {"message", "type", "code", "param"}}`,
 with a status that says whose fault it is (4xx) or that the server could not do it (500, 503 busy or
@@ -214,7 +214,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
             for name, p in engine.prompts.items()
         ]}
 
-    if getattr(engine, "kind", "text") == "clip":  # a CLIP backbone: images in, labels out, no text generation
+    if engine.inputs == "images":  # e.g. a CLIP backbone: images in, labels out, no text generation
         from starlette.concurrency import run_in_threadpool
 
         from .clip import DecodeBudget, decode_request_images
@@ -235,7 +235,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
             ]}
 
         async def no_text():
-            raise APIError(400, f"this server runs a CLIP model ({public_name(engine.backbone.model_id)}): it "
+            raise APIError(400, f"this server runs an image model ({public_name(engine.backbone.model_id)}): it "
                            "classifies images (POST /v1/classify) and does not generate text", "not_a_text_model")
 
         app.post("/v1/completions")(no_text)

@@ -170,7 +170,7 @@ class ClipEngine:
     """One CLIP backbone and its artifacts; one worker thread, which batches waiting images per artifact.
     The queue's capacity is in decoded bytes (`max_queued_bytes`); a full queue answers 503."""
 
-    kind = "clip"
+    inputs = "images"  # what /v1/classify takes (the app picks its routes by it)
 
     def __init__(self, backbone: ClipBackbone, prompts: dict[str, ServedClip], max_batch: int = 64,
                  max_queued_bytes: int = 2**30):

@@ -96,7 +96,7 @@ class Engine:
     futures; `timeout` (seconds) bounds how long a request may wait and run before it fails with
     `RequestTimeout`; a full queue raises `Overloaded` at once."""
 
-    kind = "text"
+    inputs = "text"  # what /v1/classify takes (the app picks its routes by it)
 
     def __init__(self, backbone, prompts: Mapping[str, ServedPrompt], max_batch: int = 64,
                  batch_wait_ms: float = 2.0, max_queued_rows: int | None = None):
