@@ -5,7 +5,6 @@ classify, auth, bad requests, a bounded loopback load test, and the LLM client's
 from __future__ import annotations
 
 import json
-import socket
 import statistics
 import threading
 import time
@@ -17,21 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import openai
 import pytest
 import torch
-import uvicorn
 
 import prompttune
+from helpers import free_port, uvicorn_in_thread
 from prompttune.api import load, serving_engine
 from prompttune.errors import ModelError
 from prompttune.llm import LLMError, make_llm
 from prompttune.serve import create_app
 
 KEY = "test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +44,8 @@ def server(backbone, artifacts):
     specs = [f"{n}={artifacts / n}" for n in ("soft", "hard", "trec")]
     engine = serving_engine(specs, backbone, max_batch=64)
     app = create_app(engine, api_key=KEY, max_body_bytes=20_000, max_tokens_limit=64)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "engine": engine}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_in_thread(app) as url:
+        yield {"url": url, "engine": engine}
     engine.close()
 
 
@@ -279,17 +263,8 @@ def own_server(tiny_llama_dir, data_dir, tmp_path_factory):
                      budget=64, **common)
     engine = serving_engine([f"deep={root / 'deep'}", f"boost={root / 'boost'}"], tiny, batch_wait_ms=50)
     app = create_app(engine, api_key=KEY, max_tokens_limit=2000)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "tiny": tiny, "root": root}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_in_thread(app) as url:
+        yield {"url": url, "engine": engine, "tiny": tiny, "root": root}
     engine.close()
 
 

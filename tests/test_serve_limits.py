@@ -31,18 +31,13 @@ import pytest
 import torch
 
 import prompttune
+from helpers import free_port
 from prompttune.api import serving_engine
 from prompttune.models import load_backbone
 from prompttune.serve import create_app, make_server
 
 KEY = "k"
 SENTENCES = [f"review number {i}: {'a warm, funny film' if i % 2 else 'dull and far too long'}" for i in range(256)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
