@@ -53,20 +53,27 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_in_thread(app) -> Iterator[str]:
-    """`app` served by plain uvicorn on a free loopback port in a daemon thread; yields its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+def server_in_thread(server, start_timeout: float = 30.0, stop_timeout: float = 20.0) -> Iterator[str]:
+    """Run a uvicorn `Server` in a daemon thread; yields its base URL once it has started (failing the
+    test when it does not start within `start_timeout`), and stops it afterwards."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.config.port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=stop_timeout)
+
+
+@contextmanager
+def uvicorn_in_thread(app) -> Iterator[str]:
+    """`app` served by plain uvicorn on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    with server_in_thread(server) as url:
+        yield url

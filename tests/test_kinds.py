@@ -269,3 +269,21 @@ def test_one_server_refuses_artifacts_of_two_kinds(backbone, data_dir, tmp_path,
                      progress=False)
     with pytest.raises(ConfigError, match=r"artifacts of different kinds \(clip: .*clip; text: .*text\)"):
         serving_engine([str(tmp_path / "clip"), str(tmp_path / "text")])
+
+
+def test_a_failing_extra_metric_never_costs_the_trained_prompt(monkeypatch, backbone, data_dir, tmp_path):
+    from prompttune.methods.zero_shot import ZeroShot
+
+    class Flaky(ZeroShot):
+        name = "flaky-zero-shot"
+
+        def extra_metrics(self, ctx, result, score):
+            score(None)  # one real held-out evaluation, then a failure half-way
+            raise RuntimeError("oracle broke")
+
+    monkeypatch.setitem(methods_base._REGISTRY, "flaky-zero-shot", Flaky)
+    with pytest.warns(RuntimeWarning, match="its extra metrics failed"):
+        report = prompttune.train("flaky-zero-shot", backbone, "sst2", data_dir, shots=2, out=tmp_path / "z",
+                                  eval_limit=8, progress=False, extra_metrics=True)
+    meta, _ = read_artifact(tmp_path / "z")
+    assert meta["metrics"]["extra"] == {"error": "RuntimeError: oracle broke"} and report.test.n == 8

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 import prompttune
-from helpers import free_port
+from helpers import free_port, server_in_thread
 from prompttune.api import serving_engine
 from prompttune.models import load_backbone
 from prompttune.serve import create_app, make_server
@@ -43,18 +43,10 @@ SENTENCES = [f"review number {i}: {'a warm, funny film' if i % 2 else 'dull and 
 @contextmanager
 def running(app, engine):
     """`app` on a free loopback port (the production server: make_server), stopped afterwards."""
-    server = make_server(app, engine, port=free_port(), header_timeout=2.0)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{server.config.port}"
+        with server_in_thread(make_server(app, engine, port=free_port(), header_timeout=2.0)) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=20)
         engine.close()
 
 
