@@ -7,7 +7,8 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from prompttune.errors import ConfigError
-from prompttune.tasks.answer_metrics import get_metric, metric_names, normalize
+from prompttune.tasks.answer_metrics import get_metric, metric_label, metric_names, normalize
+from prompttune.tasks.judge import judge_prompt, parse_score
 
 
 def same_first_letter(prediction: str, answers: list[str]) -> float:
@@ -65,5 +66,52 @@ def test_user_metrics_and_bad_names_or_options_are_one_clear_line():
         get_metric("bleurt")
     with pytest.raises(ConfigError, match="metric 'exact_match': bad options"):
         get_metric("exact_match", casefold=True)
-    assert {"exact_match", "contains", "f1", "rouge_l", "chrf", "bleu", "numeric", "regex", "json"} <= set(
+    assert {"exact_match", "exact_set", "contains", "f1", "rouge_l", "chrf", "bleu", "numeric", "regex", "json",
+            "llm_judge"} <= set(
         metric_names())
+
+
+def test_exact_set_labels_and_user_metric_options():
+    es = get_metric("exact_set")
+    assert es("bear, beetle.", [" beetle, bear"]) == 1.0 and es("bear", ["beetle, bear"]) == 0.0
+    assert metric_label("exact_match", {}) == "exact_match"
+    assert metric_label("exact_match", {"lower": False, "articles": True}) == "exact_match(articles=True,lower=False)"
+    assert metric_label("llm_judge", {"rubric": "r", "client": object()}) == "llm_judge(rubric=r)"
+    strict = get_metric("python:test_answer_metrics:first_letter_at_least", minimum=2)
+    assert strict("Paris", ["prague"]) == 0.0 and get_metric("python:test_answer_metrics:first_letter_at_least")(
+        "Paris", ["prague"]) == 1.0
+
+
+def first_letter_at_least(prediction: str, answers: list[str], minimum: int = 1) -> float:
+    """A user metric with an option: `minimum` leading letters must agree."""
+    return float(any(prediction[:minimum].lower() == a[:minimum].lower() for a in answers))
+
+
+def test_llm_judge_prompt_and_score_parsing_are_plain_functions():
+    prompt = judge_prompt("Is it the plural?", " games ", [" games", " game-s"], (1, 10))
+    assert "rubric:\nIs it the plural?" in prompt and "- games\n- game-s" in prompt
+    assert "Answer to grade:\ngames" in prompt and prompt.endswith("from 1 (worst) to 10 (best) and nothing else.")
+    assert "Reference" not in judge_prompt("r", "", [], (1, 5)) and "(empty)" in judge_prompt("r", "", [], (1, 5))
+    assert parse_score("Score: 7/10", (1, 10)) == pytest.approx(6 / 9)
+    assert parse_score("10", (1, 10)) == 1.0 and parse_score("I'd say 1.", (1, 10)) == 0.0
+    assert parse_score("0 then 12 then 3", (1, 10)) == pytest.approx(2 / 9)  # the first one on the scale
+    assert parse_score("gpt4 says -3, no idea", (1, 10)) is None and parse_score("", (1, 5)) is None
+    with pytest.raises(ConfigError, match="'llm_judge': option 'rubric' must be a non-empty text"):
+        get_metric("llm_judge", model="m")
+    with pytest.raises(ConfigError, match="'llm_judge' needs a 'model'"):
+        get_metric("llm_judge", rubric="r")
+    with pytest.raises(ConfigError, match="option 'scale' must be two integers"):
+        get_metric("llm_judge", rubric="r", model="m", scale=[5, 1])
+    with pytest.raises(ConfigError, match="metric 'llm_judge': bad options"):
+        get_metric("llm_judge", rubric="r", model="m", temperature=1)
+
+
+def test_llm_judge_makes_one_counted_call_to_a_local_chat_model(backbone):
+    from prompttune.llm import LLM, LocalChatBackend
+
+    llm = LLM(LocalChatBackend("smollm2-135m", backbone=backbone))
+    judge = get_metric("llm_judge", rubric="Is the answer the plural of the word 'game'?", client=llm)
+    score = judge(" games", [" games"])
+    assert isinstance(score, float) and 0.0 <= score <= 1.0
+    assert llm.calls == 1 and llm.ledger[0]["purpose"] == "llm_judge"
+    assert judge.unparsable in (0, 1) and (judge.unparsable == 0 or score == 0.0)

@@ -91,7 +91,7 @@ def test_grid_runs_locally_and_on_ray_with_the_same_metrics_and_reports(tmp_path
     pytest.importorskip("ray")
     grid = load_grid(_write(tmp_path / "grid.yaml", GRID.format(data=data_dir)))
     assert len(grid.cells()) == 8
-    bench_runner._BACKBONES["smollm2-135m"] = backbone  # the local executor reuses the session's model
+    bench_runner._BACKBONES[("text", "smollm2-135m")] = backbone  # the local executor reuses the session's model
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the test's tracking store is a folder; users point at a server
     mlruns = (tmp_path / "mlruns").as_uri()
     started = time.perf_counter()
@@ -358,7 +358,7 @@ eval_limit: 8
 retries: 2
 methods: [zero-shot]
 """))
-    bench_runner._BACKBONES["smollm2-135m"] = backbone
+    bench_runner._BACKBONES[("text", "smollm2-135m")] = backbone
     real, calls = bench_runner.run_cell, []
 
     def flaky(config, run_dir, threads=None):  # seed 0 fails once then works; seed 1 always fails
@@ -408,3 +408,95 @@ claims:
     with pytest.raises(ConfigError, match=r"bad.yaml:6: methods\[1\]: method 'zero-shot-clip' needs a clip task; "
                                           r"task\(s\) sst2, trec are not of kind 'clip'"):
         load_grid(bad)
+
+
+MIXED_GRID = """
+models: [smollm2-135m]
+tasks: [sst2, "ii:singular_to_plural"]
+data_dir: {data}
+shots: [8]
+seeds: [0]
+eval_limit: 8
+methods:
+  - zero-shot
+  - {{name: prompt-tuning, steps: 4, eval_every: 4, n_tokens: 4}}
+claims:
+  - {{claim: prompt tuning beats zero-shot, better: prompt-tuning, than: zero-shot}}
+"""
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: greedy decoding's many small matmuls on two threads of a busy
+    2-core machine ran ten times slower than on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_grid_mixes_classification_and_generative_tasks_each_scored_by_its_primary_metric(tmp_path, data_dir,
+                                                                                            backbone, one_thread):
+    """One grid, one runner path: sst2 is scored by accuracy and ii:singular_to_plural by exact match; the
+    store names each row's metric, the report heads each task's column with it and claims compare it."""
+    grid = load_grid(_write(tmp_path / "grid.yaml", MIXED_GRID.format(data=data_dir)))
+    bench_runner._BACKBONES[("text", "smollm2-135m")] = backbone
+    db = tmp_path / "runs.db"
+    assert run_grid(grid, db).line() == "runs=4 done=4 failed=0 skipped=0"
+    rows = ResultStore(db).rows("done")
+    by_task = {(r["label"], r["task"]): r for r in rows}
+    for (label, task), row in by_task.items():
+        metric = "accuracy" if task == "sst2" else "exact_match"
+        assert row["metric"] == metric, (label, task, row["metric"])
+        assert row["accuracy"] == row["metrics"]["eval"][metric] and row["eval_size"] == 8
+        assert row["dev_accuracy"] == row["metrics"]["dev"][metric]
+    assert by_task[("zero-shot", "ii:singular_to_plural")]["macro_f1"] is None
+
+    report = build_report(db)
+    assert report.columns == ["sst2", "ii:singular_to_plural"]
+    assert report.metrics == {"sst2": "accuracy", "ii:singular_to_plural": "exact_match"}
+    md = write_report(report, tmp_path / "report")["markdown"].read_text()
+    assert "| method | sst2 (accuracy) | ii:singular_to_plural (exact_match) |" in md
+    html = (tmp_path / "report/report.html").read_text()
+    assert "<th>ii:singular_to_plural (exact_match)</th>" in html
+    claim = report.claims[0]
+    assert claim["verdict"] in ("reproduced", "not reproduced") and "2 settings" in claim["evidence"]
+    assert "sst2 k=8 accuracy:" in claim["evidence"] and "ii:singular_to_plural k=8 exact_match:" in claim["evidence"]
+
+
+def test_a_grid_refuses_a_method_that_cannot_learn_a_generative_task(tmp_path, data_dir):
+    path = _write(tmp_path / "grid.yaml", f"models: [smollm2-135m]\ntasks: [sst2, 'ii:singular_to_plural']\n"
+                                          f"data_dir: {data_dir}\nshots: [4]\nseeds: [0]\n"
+                                          "methods: [zero-shot, autoprompt]")
+    with pytest.raises(ConfigError, match=r"grid.yaml:6: methods\[1\]: method 'autoprompt' cannot learn a prompt "
+                                          r"for generative task 'ii:singular_to_plural'"):
+        load_grid(path)
+
+
+OLD_SCHEMA = """
+CREATE TABLE runs (key TEXT PRIMARY KEY, status TEXT NOT NULL, model TEXT, task TEXT, shots INTEGER, seed INTEGER,
+    method TEXT, label TEXT, config TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, accuracy REAL, macro_f1 REAL,
+    dev_accuracy REAL, eval_size INTEGER, metrics TEXT, trainable_parameters INTEGER, wall_seconds REAL,
+    queries INTEGER, llm_calls INTEGER, artifact TEXT, versions TEXT, error TEXT, worker TEXT, started REAL,
+    finished REAL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def test_a_database_from_before_metric_names_is_migrated_on_open(tmp_path):
+    """Rows written before the `metric` column name what they stored: hm for base-to-new, else accuracy."""
+    db = tmp_path / "old.db"
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.executescript(OLD_SCHEMA)
+        for key, task, acc, metrics in (("a", "sst2", 0.8, {"eval": {"accuracy": 0.8, "n": 8}}),
+                                        ("b", "fashion", 0.5, {"eval": {"base": 0.6, "new": 0.4, "hm": 0.5}})):
+            conn.execute("INSERT INTO runs (key, status, model, task, shots, seed, method, label, config, accuracy, "
+                         "metrics, trainable_parameters, wall_seconds) VALUES (?, 'done', 'm', ?, 4, 0, 'coop', "
+                         "'coop', '{}', ?, ?, 0, 1.0)", (key, task, acc, json.dumps(metrics)))
+    store = ResultStore(db)
+    assert {r["key"]: r["metric"] for r in store.rows()} == {"a": "accuracy", "b": "hm"}
+    store.close()
+    ResultStore(db).close()  # opening again finds nothing to migrate
+    report = build_report(db)
+    assert report.metrics == {"sst2": "accuracy", "fashion": "hm"}
+    assert "fashion (hm)" in report.markdown_table()

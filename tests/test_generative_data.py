@@ -48,3 +48,22 @@ def test_a_bad_bio_line_names_its_file_and_line(tmp_path):
     path.write_text("what:O movie:O\nwhat:O movie:X-Genre <=> <NULL>\n")
     with pytest.raises(DataError, match=r"bad:2: expected word:TAG with a BIO tag, got 'movie:X-Genre'"):
         read_records(str(path), None, "bio")
+
+
+def test_cause_effect_format_poses_the_pair_as_ape_does(data_dir, tmp_path):
+    rows = read_records("instruction-induction/cause_and_effect.induce.json", data_dir, "cause-effect")
+    assert len(rows) == 26
+    for cols, _ in rows:
+        assert cols["output"] == cols["cause"]
+        assert cols["input"] in (f"Sentence 1: {cols['cause']} Sentence 2: {cols['effect']}",
+                                 f"Sentence 1: {cols['effect']} Sentence 2: {cols['cause']}")
+    path = tmp_path / "ce.json"
+    path.write_text(json.dumps({"examples": {"1": {"cause": "It rained."}}}))
+    with pytest.raises(DataError, match=r"ce.json:examples.1: expected 'cause' and 'effect' texts; no effect"):
+        read_records(str(path), None, "cause-effect")
+
+
+def test_json_lines_keep_list_values_as_lists(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"q": "a", "answers": ["x", "y"], "n": 3}\n')
+    assert read_records(str(path), None, None)[0][0] == {"q": "a", "answers": ["x", "y"], "n": "3"}

@@ -117,8 +117,8 @@ def test_bad_task_files(tmp_path, data_dir):
     with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: not valid YAML"):
         load_task(str(bad))
     bad.write_text("name: x\ndata: {train: a.jsonl}\ntemplate: 'no fields here'\nverbalizer: {a: ' y', b: ' n'}\n")
-    with pytest.raises(ConfigError, match="field 'template'.*names no field"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3: field 'template'.*names no field"):
         load_task(str(bad))
     bad.write_text("name: x\ndata: {train: a.jsonl}\ntemplate: '{t}'\nverbalizer: {a: ' y', b: ' n'}\nshots: 3\n")
-    with pytest.raises(ConfigError, match="field 'shots': Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:5: field 'shots': Extra inputs are not permitted"):
         load_task(str(bad))

@@ -118,6 +118,7 @@ def train(
     started = time.perf_counter()
     method_cls = get_method(method)
     kind = kind_for(method_cls.backbone_kinds, method, model, task)
+    kind.check_method(method, method_cls, task, model)
     options = {k: params.pop(k) for k in kind.options if k in params}
     method_obj = method_cls.from_params(params)
     out_dir = Path(out)
@@ -229,7 +230,7 @@ def serving_engine(artifacts: list[str], model: str | Any | None = None, device:
     metas = {spec: read_meta(spec.rpartition("=")[2]) for spec in artifacts}
     kinds = {spec: kind_of(meta) for spec, meta in metas.items()}
     names = sorted({k.name for k in kinds.values()})
-    if len(names) > 1:
+    if len({k.serves_with for k in kinds.values()}) > 1:
         groups = "; ".join(f"{n}: {', '.join(s for s, k in kinds.items() if k.name == n)}" for n in names)
         raise ConfigError(f"one server runs one model: artifacts of different kinds ({groups}) cannot be served "
                           "together; start one server for each kind")
@@ -242,12 +243,12 @@ def serving_engine(artifacts: list[str], model: str | Any | None = None, device:
 
 def predict(path: str | Path, raw_inputs: list[str], model: str | Any | None = None,
             device: str = "auto") -> list[tuple[str, dict[str, float]]]:
-    """Classify command-line inputs (texts or JSON objects; image files for a CLIP artifact): per input,
-    the label and every label's probability."""
+    """Answer command-line inputs (texts or JSON objects; image files for a CLIP artifact): per input, the
+    label and every label's probability, or, for a generative artifact, the generated answer (and {})."""
     kind, meta, tensors = open_artifact(path)
     inputs = kind.read_inputs(raw_inputs)
     backbone = _artifact_backbone(kind, meta, path, model, device, "auto")
-    return kind.predictor(backbone, meta, tensors, f"artifact {path}").classify(inputs)
+    return kind.answer(kind.predictor(backbone, meta, tensors, f"artifact {path}"), inputs)
 
 
 def describe_methods(model: str | None = None) -> list[dict[str, str]]:

@@ -202,8 +202,12 @@ def backbone_meta(backbone: Any) -> dict[str, Any]:
 def task_meta(task) -> dict[str, Any]:
     """What an artifact records of its task: enough to render inputs and read labels without the data."""
     spec = task.spec
-    return {"name": task.name, "source": task.origin, "template": spec.template, "fields": spec.fields,
-            "input_fields": spec.input_fields, "verbalizer": spec.verbalizer}
+    meta = {"name": task.name, "source": task.origin, "template": spec.template, "fields": spec.fields,
+            "input_fields": spec.input_fields}
+    if getattr(spec, "is_generative", False):  # the target, its metrics and how answers are generated
+        dumped = spec.model_dump(mode="json")
+        return {**meta, **{k: dumped[k] for k in ("target", "metric", "generation", "dev_metric")}}
+    return {**meta, "verbalizer": spec.verbalizer}
 
 
 def backbone_matches(recorded: Mapping[str, Any], backbone) -> bool:

@@ -15,6 +15,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from .cli_tables import print_train_result
+from .cli_tables import table as _table
 from .errors import ConfigError, PromptTuneError
 from .utils.env import quiet_libraries
 
@@ -56,8 +58,8 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Built-in alias (smollm2-135m, gemma3-270m, minilm-l6), "
                                        "local model directory, .gguf file, or Hugging Face hub id.")]
-TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task (sst2, trec, rte, agnews, tweets) "
-                                      "or a task YAML file.")]
+TaskOpt = Annotated[str, typer.Option("--task", "-t", help="Built-in task (sst2, trec, rte, agnews, tweets; "
+                                      "generative: ii:<task>, mit-movies:<slot>) or a task YAML file.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Folder the task's data paths are "
                                                   "relative to, e.g. ../shared/data.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu, cuda, cuda:N.")]
@@ -120,39 +122,7 @@ def train(
         eval_limit=eval_limit, resume=resume, overwrite=overwrite, device=device, dtype=dtype,
         progress=not quiet, port_to=port_to, **params,
     )
-    for line in get_method(method).result_lines(report.meta):
-        console.print(line, highlight=False, soft_wrap=True)
-    console.print(_scores_table(f"{method} on {report.meta['task']['name']} ({report.meta['backbone']['id']})",
-                                report.meta["metrics"]))
-    console.print(f"trainable parameters: {report.meta['trainable_parameters']:,}  "
-                  f"time: {report.seconds:.1f}s  artifact: {report.out_dir}")
-    for port in report.meta.get("portability", []):
-        console.print(f"on {port['model']}: accuracy {port['accuracy']:.4f} (plain template "
-                      f"{port['template_accuracy']:.4f}, {port['n']} examples)")
-
-
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    return table
-
-
-def _scores_table(title: str, metrics: dict[str, Any]) -> Table:
-    """One row per scored split; a column per metric (a nested {accuracy, n} shows its accuracy)."""
-    rows = {k: v for k, v in metrics.items() if k in ("dev", "eval")}
-    skip = {"split", "n", "loss", "examples_per_s", "majority"}
-    columns = list(dict.fromkeys(k for m in rows.values() for k in m if k not in skip))
-    table = Table(title=title)
-    for col in ("split", "examples", *columns):
-        table.add_column({"macro_f1": "macro-F1", "hm": "harmonic mean"}.get(col, col))
-    for key, m in rows.items():
-        name = "dev (k-shot, selection)" if key == "dev" else f"{m.get('split', 'eval')} (held out)"
-        cells = [m.get(c, {}).get("accuracy") if isinstance(m.get(c), dict) else m.get(c) for c in columns]
-        table.add_row(name, str(m.get("n", "")), *("" if v is None else f"{v:.4f}" for v in cells))
-    return table
+    print_train_result(console, method, get_method(method).result_lines(report.meta), report)
 
 
 @app.command("eval")
@@ -170,14 +140,15 @@ def eval_cmd(
     dtype: DtypeOpt = "auto",
 ) -> None:
     """Score an artifact on a task split, minus the examples its training drew (as `train` scores its held-out
-    set). Last line: accuracy=<a> macro_f1=<f> examples_per_s=<r>
-    (a CLIP artifact: base=<a> new=<a> hm=<h>, or accuracy=<a>, on the image task's test split)."""
+    set). Last line: accuracy=<a> macro_f1=<f> examples_per_s=<r> (a generative artifact: <primary metric>=<v>,
+    each other metric, nll=<n> examples_per_s=<r>; a CLIP artifact: base=<a> new=<a> hm=<h>, or accuracy=<a>,
+    on the image task's test split)."""
     from .api import evaluate_artifact
 
     result = evaluate_artifact(artifact, task, data_dir, split, limit, model, device, dtype)
     console.print(f"split '{result.split}': {result.excluded} examples left out as used in training or "
                   "selection", highlight=False)
-    console.print(result.summary(), highlight=False)
+    console.print(result.summary(), highlight=False, soft_wrap=True)
     print(result.line())
 
 
@@ -191,15 +162,19 @@ def predict(
     device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per input.")] = False,
 ) -> None:
-    """Classify texts with a learned prompt; prints the label and its probability. With a CLIP artifact the
-    inputs are image files, classified among all of the task's classes (base and new)."""
+    """Apply a learned prompt: a classifier prints the label and its probability, a generative prompt the
+    generated answer. With a CLIP artifact the inputs are image files, classified among all of the task's
+    classes (base and new)."""
     from .api import predict as api_predict
 
-    for text, (label, probs) in zip(texts, api_predict(artifact, texts, model, device), strict=True):
+    for text, (answer, probs) in zip(texts, api_predict(artifact, texts, model, device), strict=True):
         if as_json:
-            print(json.dumps({"input": text, "label": label, "probabilities": probs}))
+            print(json.dumps({"input": text, "label": answer, "probabilities": probs} if probs
+                             else {"input": text, "output": answer}))
+        elif probs:  # the texts are the user's and the answers the model's: printed as they are, never as markup
+            console.print(f"{answer}\t{probs[answer]:.3f}\t{text}", highlight=False, markup=False)
         else:
-            console.print(f"{label}\t{probs[label]:.3f}\t{text}", highlight=False)
+            console.print(f"{answer.strip()}\t{text}", highlight=False, markup=False)
 
 
 @app.command()
@@ -298,7 +273,8 @@ def import_cmd(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Backbone (default: the adapter's "
                                               "base_model_name_or_path).")] = None,
 ) -> None:
-    """Turn a PEFT prompt-tuning adapter into a prompttune artifact for a task's template and verbalizer."""
+    """Turn a PEFT prompt-tuning adapter into a prompttune artifact for a task's template and verbalizer (a
+    generative task: its template, target, metrics and generation settings)."""
     from .export import import_peft
 
     path = import_peft(from_peft, out, task, data_dir, model)

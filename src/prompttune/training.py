@@ -216,7 +216,7 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _progress_bar(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("best dev acc {task.fields[dev]:.3f}"),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("best dev {task.fields[dev]:.3f}"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
     )
 

@@ -222,24 +222,57 @@ class _TaskLoads:
         return self.seen[key]
 
 
-def _check_kinds(methods: list[MethodSpec], tasks: list[str], data_dir: str | None, where: _Where) -> None:
-    """Each method runs on each task: its kind (text, clip, ...) must load them all. A task no kind of the
-    grid's methods loads, nor any other kind, is reported on its own line with the error of the first."""
-    from ..kinds import kind_for, kinds
+def _kinds_of(methods: list[MethodSpec], tasks: list[str], models: list[str]) -> dict[tuple[int, int], list]:
+    """The kinds each method runs as on each task, over the grid's models, as `prompttune.train` picks them
+    (a text method is of kind text on a classification task and of kind generation on a generative one)."""
+    from ..kinds import kind_for
     from ..methods import get_method
 
-    method_kinds = [kind_for(get_method(m.name).backbone_kinds, m.name) for m in methods]
-    needed = list({k.name: k for k in method_kinds}.values())
+    memo: dict[tuple, Any] = {}
+    out: dict[tuple[int, int], list] = {}
+    for i, m in enumerate(methods):
+        backbone_kinds = get_method(m.name).backbone_kinds
+        for j, t in enumerate(tasks):
+            for model in models:
+                key = (backbone_kinds, model, t)
+                if key not in memo:
+                    memo[key] = kind_for(backbone_kinds, m.name, model, t)
+            found = [memo[(backbone_kinds, model, t)] for model in models]
+            out[(i, j)] = list({k.name: k for k in found}.values())
+    return out
+
+
+def _check_kinds(methods: list[MethodSpec], tasks: list[str], models: list[str], data_dir: str | None,
+                 where: _Where) -> None:
+    """Each method runs on each task: the kind it runs as there (text, generation, clip, ...) must load the
+    task and take the method (a generative task refuses a method that only classifies). A task no kind of
+    the grid's methods loads, nor any other kind, is reported on its own line with the error of the first."""
+    from ..kinds import kinds
+    from ..methods import get_method
+
+    chosen = _kinds_of(methods, tasks, models)
     loads = _TaskLoads(data_dir)
-    for i, t in enumerate(tasks):
+    for j, t in enumerate(tasks):
+        needed = list({k.name: k for i in range(len(methods)) for k in chosen[(i, j)]}.values())
         errors = [loads.error(k, t) for k in needed]
         if all(errors) and not any(loads.error(k, t) is None for k in kinds().values() if k not in needed):
-            raise where.error(("tasks", i), str(errors[0]))
-    for i, (m, kind) in enumerate(zip(methods, method_kinds, strict=True)):
-        wrong = [t for t in tasks if loads.error(kind, t) is not None]
+            raise where.error(("tasks", j), str(errors[0]))
+    for i, m in enumerate(methods):
+        wrong: dict[str, list[str]] = {}
+        for j, t in enumerate(tasks):
+            for kind in chosen[(i, j)]:
+                if loads.error(kind, t) is not None:
+                    wrong.setdefault(kind.name, []).append(t)
         if wrong:
-            raise where.error(("methods", i), f"method '{m.name}' needs a {kind.name} task; task(s) {', '.join(wrong)} "
-                              f"are not of kind '{kind.name}' (put methods of different kinds in separate grids)")
+            kind_name, bad = next(iter(wrong.items()))
+            raise where.error(("methods", i), f"method '{m.name}' needs a {kind_name} task; task(s) {', '.join(bad)} "
+                              f"are not of kind '{kind_name}' (put methods of different kinds in separate grids)")
+        for j, t in enumerate(tasks):
+            for kind in chosen[(i, j)]:
+                try:
+                    kind.check_method(m.name, get_method(m.name), t)
+                except PromptTuneError as exc:
+                    raise where.error(("methods", i), str(exc)) from None
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -290,7 +323,7 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(doc["methods"], list) or not doc["methods"]:
         raise where.error(("methods",), "empty axis: list at least one method")
     methods = _labelled([_method(entry, i, where) for i, entry in enumerate(doc["methods"])])
-    _check_kinds(methods, tasks, data_dir, where)
+    _check_kinds(methods, tasks, models, data_dir, where)
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise where.error(("methods",), f"two methods share the label {labels}; give one a 'label:'")

@@ -1,5 +1,9 @@
 """Reports over a results store: mean ± std and 95% CI per method x task, plots, claim checks.
 
+Every figure is the run's primary metric (the `metric` column: accuracy for a classifier, hm for a
+base-to-new image task, exact_match, f1, ... for a generative task), and each task's column is headed
+with the name of its metric, so one grid may mix classification and generative tasks.
+
 Writes `report.md` (with the plots as PNG files beside it) and `report.html` (plots embedded, one
 self-contained file) and returns a rich table for the terminal.
 """
@@ -65,19 +69,25 @@ class Stat:
 class Report:
     columns: list[str]                      # tasks
     rows: list[str]                         # method labels (with model / shots where the grid varies them)
-    cells: dict[tuple[str, str], Stat]      # (row, column) -> accuracy over seeds
+    cells: dict[tuple[str, str], Stat]      # (row, column) -> the task's primary metric over seeds
     params: dict[str, float]                # row -> trainable parameters
     seconds: dict[str, float]               # row -> mean wall seconds per run
     best: dict[str, str]                    # column -> best row
     points: list[dict[str, Any]]            # one per (row, task): for the plots
     claims: list[dict[str, Any]] = field(default_factory=list)
     failed: int = 0
+    metrics: dict[str, str] = field(default_factory=dict)  # column -> its primary metric's name
+
+    def heading(self, col: str) -> str:
+        """A task column's heading: the task and the metric its figures are, e.g. "ii:antonyms (exact_match)"."""
+        return f"{col} ({self.metrics[col]})" if col in self.metrics else col
 
     def rich_table(self) -> Table:
-        table = Table(title="accuracy on held-out data: mean ± std [95% CI] over seeds (best per task in bold)")
+        table = Table(title="primary metric on held-out data (named per task): mean ± std [95% CI] over seeds "
+                            "(best per task in bold)")
         table.add_column("method", no_wrap=True)
         for col in self.columns:
-            table.add_column(col)
+            table.add_column(self.heading(col))
         table.add_column("trainable params", justify="right")
         table.add_column("s / run", justify="right")
         for row in self.rows:
@@ -95,7 +105,7 @@ class Report:
         return out
 
     def markdown_table(self) -> str:
-        head = ["method", *self.columns, "trainable params", "s / run"]
+        head = ["method", *map(self.heading, self.columns), "trainable params", "s / run"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.rows:
             cells = self.row_cells(row, lambda t: f"**{t}**")
@@ -131,7 +141,8 @@ def build_report(db: str | Path) -> Report:
             name += f" @{r['model']}"
         return name
 
-    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
+    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+    metric_names: dict[str, list[str]] = defaultdict(list)  # column -> the primary metrics its runs report
     params: dict[str, list[float]] = defaultdict(list)
     secs: dict[str, list[float]] = defaultdict(list)
     cell_secs: dict[tuple[str, str], list[float]] = defaultdict(list)  # the plot's x: this task's own runs
@@ -143,20 +154,28 @@ def build_report(db: str | Path) -> Report:
         rows += [row] if row not in rows else []
         columns += [col] if col not in columns else []
         identity[row] = (r["label"], r["shots"])
-        acc[(row, col)].append(r["accuracy"])
+        scores[(row, col)].append(r["accuracy"])
+        if _metric(r) not in metric_names[col]:
+            metric_names[col].append(_metric(r))
         params[row].append(r["trainable_parameters"] or 0)
         secs[row].append(r["wall_seconds"] or 0.0)
         cell_secs[(row, col)].append(r["wall_seconds"] or 0.0)
-    cells = {k: Stat(v) for k, v in acc.items()}
+    cells = {k: Stat(v) for k, v in scores.items()}
     best = {col: max((row for row in rows if (row, col) in cells), key=lambda row: cells[(row, col)].mean)
             for col in columns}
     points = [{"row": row, "label": identity[row][0], "shots": identity[row][1], "task": col,
-               "accuracy": cells[(row, col)].mean, "std": cells[(row, col)].std,
+               "score": cells[(row, col)].mean, "std": cells[(row, col)].std,
                "params": _mean(params[row]), "seconds": _mean(cell_secs[(row, col)])} for (row, col) in cells]
     report = Report(columns, rows, cells, {r: _mean(v) for r, v in params.items()},
-                    {r: _mean(v) for r, v in secs.items()}, best, points, failed=len(failed))
+                    {r: _mean(v) for r, v in secs.items()}, best, points, failed=len(failed),
+                    metrics={col: " / ".join(names) for col, names in metric_names.items()})
     report.claims = [check_claim(c, done) for c in claims]
     return report
+
+
+def _metric(row: dict[str, Any]) -> str:
+    """The name of the figure a finished row holds (a database migrated from before names it too)."""
+    return row.get("metric") or "accuracy"
 
 
 def _mean(values: list[float]) -> float:
@@ -186,7 +205,7 @@ def check_claim(claim: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, 
             task = Path(r["task"]).stem
             if tasks and task not in tasks:
                 continue
-            group = (task, r["model"], r["shots"])
+            group = (task, r["model"], r["shots"], _metric(r))  # a claim compares runs on the same metric
             if kind == "close_to_oracle":
                 m = r["metrics"]
                 if "oracle_accuracy" in m:
@@ -194,7 +213,7 @@ def check_claim(claim: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, 
             else:
                 groups[group][name].append(r["accuracy"])
     verdicts = []
-    for (task, model, shots), values in sorted(groups.items()):
+    for (task, model, shots, metric), values in sorted(groups.items()):
         where = f"{task} k={shots}" + (f" {model}" if len({r['model'] for r in done}) > 1 else "")
         if kind == "close_to_oracle":
             if not values["gap"]:
@@ -207,7 +226,7 @@ def check_claim(claim: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, 
             continue
         ma, mb = _mean(a), _mean(b)
         holds = {"better": ma > mb + tol, "at_least": ma >= mb - tol, "within": abs(ma - mb) <= tol}[kind]
-        verdicts.append((holds, f"{where}: {ma:.3f} vs {mb:.3f}"))
+        verdicts.append((holds, f"{where} {metric}: {ma:.3f} vs {mb:.3f}"))
     if not verdicts:
         return {**out, "verdict": "not yet runnable", "evidence": "no finished runs of " + " and ".join(names)}
     held = sum(ok for ok, _ in verdicts)
@@ -217,7 +236,8 @@ def check_claim(claim: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, 
 
 
 def _plots(report: Report) -> dict[str, bytes]:
-    """The three figures as PNG bytes: accuracy vs. trainable parameters, vs. wall time, vs. shots."""
+    """The three figures as PNG bytes: the primary metric vs. trainable parameters, vs. wall time, vs. shots
+    (file names keep "accuracy" so links to older reports still resolve)."""
     try:
         import matplotlib
     except ImportError:
@@ -234,28 +254,33 @@ def _plots(report: Report) -> dict[str, bytes]:
                                                                                 "log")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for p in report.points:
-            ax.errorbar(max(p[key], 1e-3 if xscale == "log" else 0), p["accuracy"], yerr=p["std"],
+            ax.errorbar(max(p[key], 1e-3 if xscale == "log" else 0), p["score"], yerr=p["std"],
                         marker=task_marker[p["task"]], color=colour[p["label"]], linestyle="none", capsize=3)
         _legend(ax, colour, task_marker)
         ax.set_xscale(xscale)
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out accuracy")
+        ax.set_ylabel(_ylabel(report))
         ax.grid(alpha=0.3)
         figures[f"accuracy_vs_{key}"] = _png(fig)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for p in report.points:
-        by_base[p["label"]][p["shots"]].append(p["accuracy"])
+        by_base[p["label"]][p["shots"]].append(p["score"])
     for base, series in by_base.items():
         xs = sorted(series)
         ax.plot(xs, [_mean(series[x]) for x in xs], marker="o", color=colour[base], label=base)
     ax.set_xlabel("shots per class (k)")
     ax.set_xticks(sorted({p["shots"] for p in report.points}))
-    ax.set_ylabel("held-out accuracy (mean over tasks and seeds)")
+    ax.set_ylabel(f"{_ylabel(report)} (mean over tasks and seeds)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     figures["accuracy_vs_shots"] = _png(fig)
     return figures
+
+
+def _ylabel(report: Report) -> str:
+    names = set(report.metrics.values())
+    return f"held-out {names.pop()}" if len(names) == 1 else "held-out primary metric (per task)"
 
 
 def _legend(ax, colour, task_marker) -> None:
@@ -299,7 +324,8 @@ def write_report(report: Report, out_dir: str | Path, title: str = "prompttune b
 
 def _html(report: Report, figures: dict[str, bytes], title: str) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in ["method", *report.columns, "trainable params", "s / run"])
+    head = "".join(f"<th>{esc(c)}</th>" for c in ["method", *map(report.heading, report.columns),
+                                                  "trainable params", "s / run"])
     body = []
     for row in report.rows:
         tds = [f"<td>{esc(row)}</td>"]
@@ -325,6 +351,7 @@ def _html(report: Report, figures: dict[str, bytes], title: str) -> str:
              ".best{font-weight:bold;background:#e6f4ea}.reproduced{color:#137333}.not-reproduced{color:#b3261e}"
              "figure{display:inline-block;margin:0 1em 1em 0}img{max-width:640px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{style}</style>"
-            f"</head><body><h1>{esc(title)}</h1><p>Held-out accuracy, mean ± std [95% CI] over seeds; best per "
-            f"task in bold.</p><table id='results'><tr>{head}</tr>{''.join(body)}</table>{claims}"
+            f"</head><body><h1>{esc(title)}</h1><p>Each task's primary metric (named in its heading) on held-out "
+            f"data, mean ± std [95% CI] over seeds; best per task in bold.</p>"
+            f"<table id='results'><tr>{head}</tr>{''.join(body)}</table>{claims}"
             f"<h2>Plots</h2>{images}</body></html>\n")

@@ -51,9 +51,11 @@ def _backbone(method: str, model: str) -> Any:
 
 def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -> dict[str, Any]:
     """Train and score one cell; returns what the store records. Resumes from a checkpoint in `run_dir`.
-    The same for every method and kind: "accuracy" is the run's primary metric on held-out data (the
-    base/new harmonic mean for a base-to-new image task), and the method's declared extra figures
-    (e.g. select's oracle) go into "metrics" beside the dev and held-out scores."""
+    The same for every method, kind and task: "metric" names the run's primary metric (accuracy for a
+    classifier, the base/new harmonic mean for a base-to-new image task, the task's first metric, e.g.
+    exact_match, for a generative one) and "accuracy" / "dev_accuracy" hold its held-out and dev values
+    (the column names predate generative tasks). The method's declared extra figures (e.g. select's
+    oracle) go into "metrics" beside the dev and held-out scores."""
     import torch
 
     from .. import api
@@ -74,8 +76,8 @@ def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -
     metrics = {k: recorded[k] for k in ("dev", "eval") if k in recorded} | recorded.get("extra", {})
     llm = info.get("llm_calls")
     return {
-        "accuracy": report.score, "macro_f1": scored.get("macro_f1"),
-        "dev_accuracy": recorded.get("dev", {}).get("accuracy"), "eval_size": scored.get("n"),
+        "metric": report.primary_metric, "accuracy": report.score, "macro_f1": scored.get("macro_f1"),
+        "dev_accuracy": recorded.get("dev", {}).get(report.primary_metric), "eval_size": scored.get("n"),
         "trainable_parameters": meta["trainable_parameters"],
         "wall_seconds": round(time.perf_counter() - started, 2), "queries": info.get("queries_used"),
         "llm_calls": len(llm) if isinstance(llm, list) else llm, "artifact": str(report.out_dir),
@@ -180,8 +182,9 @@ def run_grid(
                 return False
             counts["done"] += 1
             progress = f"{counts['done'] + counts['failed']}/{len(todo)}"
-            console.print(f"  [green]done[/] {progress}  {_describe(cell)}  acc={result['accuracy']:.3f} "
-                          f"({result['wall_seconds']:.0f}s)", highlight=False)
+            console.print(f"  [green]done[/] {progress}  {_describe(cell)}  "
+                          f"{result['metric']}={result['accuracy']:.3f} ({result['wall_seconds']:.0f}s)",
+                          highlight=False)
             if logger:
                 try:
                     logger(cell, result)
@@ -336,9 +339,10 @@ def _mlflow_logger(uri: str, grid: Grid):
             params = {k: v for k, v in cell.config.items() if k != "params"}
             params.update({f"hp.{k}": v for k, v in cell.method.params.items()})
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            mlflow.log_param("metric", result["metric"])
             mlflow.log_metrics({k: float(result[k]) for k in ("accuracy", "macro_f1", "dev_accuracy",
                                                                "wall_seconds", "trainable_parameters")
-                                if result.get(k) is not None})
+                                if result.get(k) is not None} | {result["metric"]: float(result["accuracy"])})
             mlflow.log_artifacts(result["artifact"], artifact_path="prompt")
 
     return log

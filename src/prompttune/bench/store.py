@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS runs (
     model TEXT, task TEXT, shots INTEGER, seed INTEGER, method TEXT, label TEXT,
     config TEXT NOT NULL,          -- the whole cell as JSON
     attempts INTEGER NOT NULL DEFAULT 0,
-    accuracy REAL, macro_f1 REAL, dev_accuracy REAL, eval_size INTEGER,
+    metric TEXT,                   -- the run's primary metric: accuracy, hm (base-to-new), exact_match, f1, ...
+    accuracy REAL, macro_f1 REAL, dev_accuracy REAL, eval_size INTEGER,  -- accuracy, dev_accuracy: `metric`'s value
     metrics TEXT,                  -- every metric as JSON
     trainable_parameters INTEGER,
     wall_seconds REAL,
@@ -42,9 +43,10 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-RESULT_FIELDS = ("accuracy", "macro_f1", "dev_accuracy", "eval_size", "trainable_parameters", "wall_seconds",
-                 "queries", "llm_calls", "artifact", "worker")
-CLAIM_COLUMNS = {"owner": "TEXT", "heartbeat": "REAL"}  # added to databases written before claims existed
+RESULT_FIELDS = ("metric", "accuracy", "macro_f1", "dev_accuracy", "eval_size", "trainable_parameters",
+                 "wall_seconds", "queries", "llm_calls", "artifact", "worker")
+# added to databases written before they existed: claims (owner, heartbeat), the primary metric's name (metric)
+ADDED_COLUMNS = {"owner": "TEXT", "heartbeat": "REAL", "metric": "TEXT"}
 
 
 def new_owner() -> str:
@@ -87,6 +89,13 @@ def claimable(row: sqlite3.Row, owner: str, since: float, stale_after: float, no
     return _owner_gone(row["owner"])
 
 
+def _legacy_metric(metrics: str | None) -> str:
+    """The primary metric of a row stored before the `metric` column: hm when it scored base and new classes."""
+    recorded = json.loads(metrics) if metrics else {}
+    scored = recorded.get("eval") or recorded.get("dev") or {}
+    return "hm" if isinstance(scored, dict) and "hm" in scored else "accuracy"
+
+
 class ResultStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -96,17 +105,23 @@ class ResultStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
-        self._add_claim_columns()
+        self._migrate()
 
-    def _add_claim_columns(self) -> None:
+    def _migrate(self) -> None:
+        """Bring a database written by an older prompttune to today's columns. Finished rows from before
+        `metric` existed get the name of the figure they stored: the harmonic mean for a base-to-new image
+        task (its held-out metrics have `hm`), accuracy for everything else (all such runs classified)."""
         have = {r["name"] for r in self._conn.execute("PRAGMA table_info(runs)")}
-        if have >= CLAIM_COLUMNS.keys():
+        if have >= ADDED_COLUMNS.keys():
             return
         with self._transaction() as db:  # two processes may both get here: look again under the lock
             have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-            for name, kind in CLAIM_COLUMNS.items():
+            for name, kind in ADDED_COLUMNS.items():
                 if name not in have:
                     db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+            if "metric" not in have:
+                for key, metrics in db.execute("SELECT key, metrics FROM runs WHERE status='done'").fetchall():
+                    db.execute("UPDATE runs SET metric=? WHERE key=?", (_legacy_metric(metrics), key))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -3,7 +3,8 @@
 A prompttune soft prompt, including the folded prompt of residual, low-rank and P-tuning methods,
 is exactly a PEFT prompt-tuning adapter: `export_peft` writes one through PEFT's own
 `save_pretrained`, so `PeftModel.from_pretrained(base, dir)` loads it. `import_peft` turns a PEFT
-prompt-tuning adapter into a prompttune artifact for a given task's template and verbalizer.
+prompt-tuning adapter into a prompttune artifact for a given task's template and verbalizer, or, for a
+generative task, its template, target, metrics and generation settings.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def export_peft(artifact: str | Path, out: str | Path, model: str | None = None)
 
 def import_peft(adapter: str | Path, out: str | Path, task: str, data_dir: str | Path | None = None,
                 model: str | None = None) -> Path:
-    """Make a prompttune artifact from a PEFT prompt-tuning adapter, for `task`'s template and verbalizer."""
+    """Make a prompttune artifact from a PEFT prompt-tuning adapter, for `task`'s template and verbalizer
+    (a generative task: its template, target, metrics and generation settings)."""
     adapter_dir = Path(adapter)
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.exists():
@@ -118,10 +120,11 @@ def import_peft(adapter: str | Path, out: str | Path, task: str, data_dir: str |
         # PEFT saves a P-tuning adapter's encoder *output*, so both kinds are plain soft prompts here.
         method, kind, tensors = "prompt-tuning", "soft", {"prompt": rows}
     meta = {
-        "kind": "text", "method": method, "prompt_kind": kind, "hyperparameters": {"n_tokens": rows.shape[0]},
-        "trainable_parameters": rows.numel(),
+        "kind": "generation" if task_obj.is_generative else "text", "method": method, "prompt_kind": kind,
+        "hyperparameters": {"n_tokens": rows.shape[0]}, "trainable_parameters": rows.numel(),
         "backbone": backbone_meta(backbone), "task": task_meta(task_obj),
-        "metrics": {}, "history": [], "info": {"imported_from": str(adapter_dir.resolve()), "peft_type": peft_type},
+        "metrics": {}, "primary_metric": task_obj.primary_metric, "history": [],
+        "info": {"imported_from": str(adapter_dir.resolve()), "peft_type": peft_type},
         "versions": package_versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_artifact(Path(out), tensors, meta)

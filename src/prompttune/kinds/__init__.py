@@ -15,10 +15,12 @@ from .base import (
     register_kind,
 )
 from .clip import ClipKind
+from .generation import GenerationKind
 from .text import TextKind
 
 register_kind(TextKind())
 register_kind(ClipKind())
+register_kind(GenerationKind())
 
 __all__ = ["Kind", "Prepared", "Scores", "get_kind", "kind_for", "kind_for_model", "kind_of", "kinds",
            "open_artifact", "register_kind"]

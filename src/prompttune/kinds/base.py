@@ -57,6 +57,16 @@ class Kind(ABC):
     name: ClassVar[str]
     backbone_kinds: ClassVar[tuple[str, ...]]  # the `Backbone.kind`s of this kind; methods declare theirs
     options: ClassVar[tuple[str, ...]] = ()  # train() keywords this kind takes (not the method's)
+    engine_group: ClassVar[str | None] = None  # kinds with the same group are served by one engine (default: name)
+
+    @property
+    def serves_with(self) -> str:
+        """Kinds that answer the same `serves_with` share one server."""
+        return self.engine_group or self.name
+
+    def check_method(self, method: str, method_cls: Any, task: Any, model: Any = None) -> None:
+        """Refuse, before anything loads, a method that cannot learn this kind's tasks (or this task)."""
+        return None
 
     def accepts(self, model: Any, task: Any) -> bool:
         """Whether this kind runs `task` on `model`, when a method fits several kinds: by default, whether
@@ -136,6 +146,10 @@ class Kind(ABC):
 
     def engine(self, backbone: Any, artifacts: list[str], **limits: Any) -> Any:
         raise ConfigError(f"artifacts of kind '{self.name}' cannot be served")
+
+    def answer(self, predictor: Any, inputs: list[Any]) -> list[tuple[str, dict[str, float]]]:
+        """`prompttune predict`'s answers: per input, the answer and (for a classifier) each label's probability."""
+        return predictor.classify(inputs)
 
     def read_inputs(self, raw: list[str]) -> list[Any]:
         """`prompttune predict`'s command-line inputs as the predictor takes them."""

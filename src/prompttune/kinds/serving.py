@@ -21,9 +21,9 @@ def served_predictors(kind: Kind, backbone: Any, specs: list[str],
     served = []
     for name, path in artifact_names(specs, reserved):
         other, meta, tensors = open_artifact(path)
-        if other is not kind:
+        if other.serves_with != kind.serves_with:
             raise ConfigError(f"artifact {path} is a {other.name} artifact; this server runs the {kind.name} model "
                               f"{backbone.model_id}: one server serves one kind, start one for each")
         check_backbone(meta, backbone, f"artifact {path}")
-        served.append((name, path, kind.predictor(backbone, meta, tensors, f"artifact {path}")))
+        served.append((name, path, other.predictor(backbone, meta, tensors, f"artifact {path}")))  # its own kind's
     return served

@@ -14,6 +14,7 @@ from ..errors import ArtifactError, ConfigError, DataError
 from ..evaluation import EvalResult, evaluate_prompt
 from ..methods.base import RunContext
 from ..models import BACKBONE_TYPES, load_backbone
+from ..objectives import ClassificationObjective
 from ..tasks import Example, Task, load_task
 from .base import Kind, Prepared
 
@@ -32,9 +33,35 @@ def held_out(task: Task, split: str, used: list[Example], limit: int | None) -> 
     return examples[:limit] if limit else examples
 
 
+# Fields the task schema gained for generative tasks: a classification task's identity leaves them out, so runs
+# started before they existed still --resume.
+_GENERATIVE_FIELDS = {"target", "also_accept", "metric", "generation", "dev_metric", "keep_rows_with"}
+
+
+def task_identity(spec: Any) -> dict[str, Any]:
+    """What of a task's spec enters the run fingerprint."""
+    return spec.model_dump(exclude=None if spec.is_generative else _GENERATIVE_FIELDS)
+
+
 class TextKind(Kind):
     name = "text"
     backbone_kinds = ("causal-lm", "encoder")
+
+    def accepts(self, model: Any, task: Any) -> bool:
+        from .generation import task_is_generative
+
+        return not task_is_generative(task) and super().accepts(model, task)
+
+    def check_method(self, method: str, method_cls: Any, task: Any, model: Any = None) -> None:
+        from .generation import generative_methods, task_is_generative
+
+        if task_is_generative(task) and method_cls.generative:  # then only the model is wrong for it
+            raise ConfigError(f"task '{task}' is generative (its answer is text): it needs a causal LM, which "
+                              f"model '{model}' is not")
+        if task_is_generative(task):
+            raise ConfigError(f"method '{method}' cannot learn a prompt for generative task '{task}': "
+                              f"{method_cls.not_generative_because} (methods that can: "
+                              f"{', '.join(generative_methods())})")
 
     def load_backbone(self, model: str, device: str, dtype: str) -> Any:
         return load_backbone(model, device=device, dtype=dtype)
@@ -51,7 +78,7 @@ class TextKind(Kind):
         fewshot = task_obj.few_shot(shots, seed, dev_shots)
         split = eval_split or task_obj.eval_split_name
         examples = held_out(task_obj, split, fewshot.train + fewshot.dev, eval_limit)
-        identity = {"task": task_obj.spec.model_dump(), "data": task_obj.data_identity(), "shots": shots,
+        identity = {"task": task_identity(task_obj.spec), "data": task_obj.data_identity(), "shots": shots,
                     "dev_shots": dev_shots}
         meta = {"task": task_meta(task_obj),
                 "data": {"shots": shots, "dev_shots": dev_shots or shots, "seed": seed,
@@ -63,6 +90,7 @@ class TextKind(Kind):
         labels = backbone.label_words(prepared.task.words(), prepared.task.labels)
         data_dir = prepared.options.get("data_dir")
         return RunContext(backbone=backbone, task=prepared.task, data=prepared.data, labels=labels,
+                          objective=ClassificationObjective(backbone, prepared.task, labels),
                           data_dir=Path(data_dir) if data_dir else None, **common)
 
     def _prompt(self, backbone: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:

@@ -49,6 +49,7 @@ class RunContext:
     seed: int
     out_dir: Path
     labels: LabelWords | None = None
+    objective: Any = None  # what soft methods train on (objectives.Objective); the kind sets it
     resume: bool = False
     progress: bool = True
     run_fingerprint: str = ""
@@ -78,6 +79,8 @@ class Method(ABC):
     description: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     backbone_kinds: ClassVar[tuple[str, ...]] = ("causal-lm",)  # which backbones it can train on
+    generative: ClassVar[bool] = False  # whether it learns prompts for generative tasks (answers that are text)
+    not_generative_because: ClassVar[str] = "it learns from label words, and generative tasks have none"
 
     def __init__(self, config: MethodConfig):
         self.config = config

@@ -50,6 +50,9 @@ class FineTuneHead(SoftPromptMethod):
     description = "Encoder (BERT/MiniLM) with frozen body: deep prompts + a trainable linear head (P-tuning v2 NLU)."
     Config = FineTuneHeadConfig
     backbone_kinds = ("encoder",)
+    generative = False
+    not_generative_because = ("it trains a linear classifier over the labels on an encoder, and a generative task "
+                               "has no labels: its answer is text")
 
     def count_trainable(self, model_config) -> int:
         cfg: FineTuneHeadConfig = self.config  # type: ignore[assignment]

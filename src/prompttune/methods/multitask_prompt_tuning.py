@@ -13,11 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from ..errors import ConfigError
-from ..evaluation import encode, evaluate_encoded
+from ..objectives import objective_for
 from ..prompts.reparam import MultitaskPrompt
 from ..tasks import load_task
 from ..training import Evaluation, train_prompt
@@ -78,15 +77,14 @@ class MultitaskPromptTuning(SoftPromptMethod):
             task = load_task(meta["task"].get("source") or meta["task"]["name"], ctx.data_dir)
             data = meta.get("data", {})
             fewshot = task.few_shot(data.get("shots", 16), data.get("seed", 0), data.get("dev_shots"))
-            labels = ctx.backbone.label_words(task.words(), task.labels)
+            objective = objective_for(ctx.backbone, task)  # a source task may be of another kind than the target
             out.append({"path": str(Path(path).resolve()), "prompt": prompt.to(ctx.backbone.device), "task": task,
-                        "labels": labels, "train": encode(ctx.backbone, task, fewshot.train),
-                        "dev": encode(ctx.backbone, task, fewshot.dev)})
+                        "objective": objective, "train": objective.encode(fewshot.train),
+                        "dev": objective.encode(fewshot.dev)})
         return out
 
     def _distil(self, ctx: RunContext, multi: MultitaskPrompt, sources: list[dict]):
         cfg: MultitaskConfig = self.config  # type: ignore[assignment]
-        bb = ctx.backbone
         index = [(k, i) for k, s in enumerate(sources) for i in range(len(s["train"]))]  # all source examples
 
         def loss_fn(batch):
@@ -95,15 +93,8 @@ class MultitaskPromptTuning(SoftPromptMethod):
                 mine = [i for j, i in (index[b] for b in batch) if j == k]
                 if not mine:
                     continue
-                ids, golds = s["train"].subset(mine)
-                scores = bb.score(ids, s["labels"], multi(k))
-                loss = F.cross_entropy(scores, golds.to(scores.device), reduction="sum")
-                if cfg.distill_weight > 0:
-                    with torch.no_grad():
-                        teacher = F.softmax(bb.score(ids, s["labels"], s["prompt"]) / cfg.temperature, -1)
-                    student = F.log_softmax(scores / cfg.temperature, -1)
-                    kl = F.kl_div(student, teacher, reduction="sum") * cfg.temperature**2
-                    loss = loss + cfg.distill_weight * kl
+                loss = s["objective"].loss(s["train"], mine, multi(k), reduction="sum", teacher=s["prompt"],
+                                           distill=cfg.distill_weight, temperature=cfg.temperature)
                 total = total + loss
             return total / len(batch)
 
@@ -112,7 +103,7 @@ class MultitaskPromptTuning(SoftPromptMethod):
             for k, s in enumerate(sources):
                 with torch.no_grad():
                     vectors = multi(k)
-                results.append(evaluate_encoded(bb, s["labels"], s["dev"], vectors))
+                results.append(s["objective"].evaluate(s["dev"], vectors))
             n = len(results)
             return Evaluation(sum(r.accuracy for r in results) / n, sum(r.loss for r in results) / n)
 

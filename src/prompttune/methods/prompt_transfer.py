@@ -64,15 +64,9 @@ class PromptTransfer(SoftPromptMethod):
         self.backbone = bb = ctx.backbone
         init = self.initial_prompt(bb, ctx.seed)  # validates the source before anything trains
         prompt = self.seeded_build(init, ctx.seed)
-        teacher = prompt_from_tensors("soft", {"prompt": init}, bb.device)
-
-        def distillation(ids, scores):
-            with torch.no_grad():
-                target = F.softmax(bb.score(ids, ctx.labels, teacher) / cfg.temperature, -1)
-            student = F.log_softmax(scores / cfg.temperature, -1)
-            return cfg.distill * cfg.temperature**2 * F.kl_div(student, target, reduction="batchmean")
-
-        outcome = self.train_module(ctx, prompt, cfg, extra_loss=distillation if cfg.distill > 0 else None)
+        teacher = prompt_from_tensors("soft", {"prompt": init}, bb.device) if cfg.distill > 0 else None
+        outcome = self.train_module(ctx, prompt, cfg, teacher=teacher, distill=cfg.distill,
+                                    temperature=cfg.temperature)
         prompt.load_state_dict(outcome.best_state)
         return self.result(prompt, outcome, info={"source": str(Path(cfg.source).resolve())})
 

@@ -13,10 +13,9 @@ so the prompt is shorter at inference too; the unpruned prompt is kept beside it
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from ..evaluation import encode
+from ..objectives import objective_for
 from ..prompts.reparam import MaskedPrompt
 from .base import MethodResult, RunContext, register
 from .family.soft import SoftPromptConfig, SoftPromptMethod
@@ -94,16 +93,15 @@ class XPrompt(SoftPromptMethod):
     def _importance(self, ctx: RunContext, prompt: MaskedPrompt, level: str) -> torch.Tensor:
         """|dL/dγ| of an all-ones gate γ on each token (or piece), summed over training batches."""
         bb, cfg = ctx.backbone, self.config
-        train = encode(bb, ctx.task, ctx.data.train)
+        objective = ctx.objective or objective_for(bb, ctx.task)
+        train = objective.encode(ctx.data.train)
         shape = prompt.token_mask.shape if level == "token" else prompt.piece_mask.shape
         total = torch.zeros(shape)
         piece = prompt.weight.shape[1] // prompt.piece_mask.shape[1]
         for i in range(0, len(train), cfg.batch_size):
-            ids, golds = train.subset(range(i, min(i + cfg.batch_size, len(train))))
             gate = torch.ones(shape, requires_grad=True, device=prompt.weight.device)
             expanded = gate[:, None] if level == "token" else gate.repeat_interleave(piece, dim=1)
             vectors = prompt.weight.detach() * prompt.mask() * expanded
-            scores = bb.score(ids, ctx.labels, vectors)
-            F.cross_entropy(scores, golds.to(scores.device), reduction="sum").backward()
+            objective.gate_loss(train, range(i, min(i + cfg.batch_size, len(train))), vectors).backward()
             total += gate.grad.abs().cpu()
         return total

@@ -11,10 +11,13 @@ Two ways to run a batch, both exact:
   to their example's tokens, so each example is encoded once whatever the number of words. Only
   the answer positions are multiplied with the output embedding, and only with the label rows
   unless a multi-token word needs the full softmax there.
+  `target_nll` / `target_logprobs` (`targets.py`, generative tasks' loss) run the same packed pass
+  (`_packed_hidden`), a target's tokens being its example's branch.
 * `padded_inputs` / `generate` (the general path): a left- or right-padded batch through
   `inputs_embeds`, the prompt placed right after the pads with matching attention mask and
-  position ids. This is what `generate` (with its KV cache) runs, and what `score` falls back to
-  for a model whose attention a hand-built packed mask cannot describe (`attention.AttentionPlan`).
+  position ids. This is what `generate` (with its KV cache, `batch_size` texts at a time, stop
+  strings) runs, and what `score` and `target_nll` fall back to for a model whose attention a
+  hand-built packed mask cannot describe (`attention.AttentionPlan`).
 
 Inputs longer than fits (the model's context minus the prompt and the answer) keep their end and
 the special tokens the tokenizer adds; the first cut warns once, with a count.
@@ -25,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from ..errors import ConfigError, ModelError
 from .attention import AttentionPlan, cache_kwarg, move_masks, output_cache
@@ -33,16 +36,27 @@ from .context import ContextFitting
 from .loading import weight_fingerprint
 from .packing import PackedLayout, causal_allowed
 from .padded import PaddedPaths
-from .scoring import DeltaPrompt, LabelWords, Prefix, PromptInput, class_scores, one_hot_rows, tokenize_label_words
+from .scoring import (
+    DeltaPrompt,
+    LabelWords,
+    Prefix,
+    PromptInput,
+    ResolvedPrompt,
+    class_scores,
+    one_hot_rows,
+    resolve_prompt,
+    tokenize_label_words,
+)
+from .targets import TargetScoring
 
 __all__ = ["CausalLMBackbone", "DeltaPrompt", "LabelWords", "load_causal_lm", "tokenize_label_words"]
 
 
-class CausalLMBackbone(ContextFitting, PaddedPaths):
+class CausalLMBackbone(ContextFitting, PaddedPaths, TargetScoring):
     """A frozen `AutoModelForCausalLM` with its tokenizer.
 
     The protocol every method relies on: `tokenize`, `embed`, `score` (class scores for a batch,
-    optionally behind a soft prompt) and `generate`.
+    optionally behind a soft prompt), `target_nll` (the loss of a text answer) and `generate`.
     """
 
     kind = "causal-lm"
@@ -185,35 +199,48 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
         """
         if len(token_ids) == 0:
             return torch.zeros(0, labels.num_classes)
-        if hasattr(prompt, "for_inputs"):  # an input-dependent prompt: one prompt per example
-            prompt = prompt.for_inputs(self, token_ids)
-        delta = None
-        if isinstance(prompt, DeltaPrompt):
-            prompt, delta = prompt.embeddings, prompt.input_delta
-        deep = prompt is not None and not torch.is_tensor(prompt)
-        per_example = torch.is_tensor(prompt) and prompt.dim() == 3
-        if per_example and prompt.shape[0] != len(token_ids):
-            raise ModelError(f"per-example prompts: {prompt.shape[0]} prompts for {len(token_ids)} examples")
-        n_prompt = 0 if prompt is None else prompt[0][0].shape[-2] if deep else prompt.shape[-2]
-        token_ids = self.fit(token_ids, n_prompt + labels.answer_tokens)
+        resolved = resolve_prompt(self, token_ids, prompt)
+        token_ids = self.fit(token_ids, resolved.length + labels.answer_tokens)
         if not self.attention.packable:
-            return self._score_unpacked(token_ids, labels, prompt, delta)
-        shared = deep or (prompt is not None and self.share_prompt_prefix and not per_example)
-        inline = prompt.shape[-2] if prompt is not None and not shared else 0
-        layout = PackedLayout.build(token_ids, labels, max_row_tokens, inline_prompt=inline)
-        n_prefix = (prompt[0][0].shape[-2] if deep else prompt.shape[0]) if shared else 0
+            return self._score_unpacked(token_ids, labels, resolved)
+        shared = self._shares_prefix(resolved)
+        layout = PackedLayout.build(token_ids, labels, max_row_tokens, inline_prompt=0 if shared else resolved.length)
+        hidden = self._packed_hidden(layout, resolved, shared)
+        answer_hidden = hidden[layout.answer_row, layout.answer_col]  # (B, d)
+        flat = labels.flat
+        if not labels.needs_full_softmax:
+            word_scores = self._logits(answer_hidden, torch.tensor([w[0] for w in flat], device=self.device))
+        else:
+            word_scores = self._word_logprobs(hidden, answer_hidden, layout, flat)
+        return class_scores(word_scores, labels)
+
+    def _shares_prefix(self, prompt: ResolvedPrompt) -> bool:
+        """Whether the packed pass runs the prompt once, as a KV prefix every row attends to (a deep prompt
+        always; a soft prompt shared by all examples where `share_prompt_prefix`), rather than inline."""
+        if prompt.prefix is not None:
+            return True
+        return prompt.soft is not None and self.share_prompt_prefix and not prompt.per_example
+
+    def _packed_hidden(self, layout: PackedLayout, prompt: ResolvedPrompt, shared: bool) -> torch.Tensor:
+        """The decoder's last hidden states (rows, width, hidden) over a packed layout: token embeddings (plus
+        DePT's delta on each example's own tokens, never on branches), the prompt in its inline slots or as a
+        shared KV prefix (`shared`, the layout then has no slots), block-diagonal masks for every layer type."""
+        inline = 0 if shared else prompt.length
+        n_prefix = prompt.length if shared else 0
         slots = layout.ids < 0  # inline prompt slots hold -(k+1) for prompt vector k
         embeds = self.embed(layout.ids.clamp(min=0))
+        delta = prompt.delta
         if delta is not None:
             index = layout.positions - inline  # each token's place in its own example
             own = (layout.ids >= 0) & (layout.branch == 0) & (layout.unit >= 0) & (index < delta.shape[0])
             update = one_hot_rows(delta.to(self.device, self.dtype), index.clamp(0, delta.shape[0] - 1).to(self.device))
             embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
         if inline:
+            soft = prompt.soft
             slot = (-layout.ids - 1).clamp(min=0)
-            if per_example:  # example i's k-th vector is row i * inline + k of the flattened prompts
+            if prompt.per_example:  # example i's k-th vector is row i * inline + k of the flattened prompts
                 slot = slot + layout.unit.clamp(min=0) * inline
-            table = prompt.reshape(-1, prompt.shape[-1]).to(self.device, self.dtype)
+            table = soft.reshape(-1, soft.shape[-1]).to(self.device, self.dtype)
             vectors = one_hot_rows(table, slot.to(self.device))
             embeds = torch.where(slots.to(self.device)[..., None], vectors, embeds)
         positions = layout.positions + n_prefix
@@ -222,18 +249,12 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
         rows = layout.ids.shape[0]
         cache = None
         if shared:
-            cache = self._cache_from_prefix(prompt, rows) if deep else self._prefix_cache(prompt, rows)
-        hidden = self._forward(
+            cache = self._cache_from_prefix(prompt.prefix, rows) if prompt.prefix is not None \
+                else self._prefix_cache(prompt.soft, rows)
+        return self._forward(
             cache, inputs_embeds=embeds, attention_mask=move_masks(masks, self.device),
             position_ids=positions.to(self.device), use_cache=False,
         ).last_hidden_state
-        answer_hidden = hidden[layout.answer_row, layout.answer_col]  # (B, d)
-        flat = labels.flat
-        if not labels.needs_full_softmax:
-            word_scores = self._logits(answer_hidden, torch.tensor([w[0] for w in flat], device=self.device))
-        else:
-            word_scores = self._word_logprobs(hidden, answer_hidden, layout, flat)
-        return class_scores(word_scores, labels)
 
     def _word_logprobs(self, hidden, answer_hidden, layout: PackedLayout, flat) -> torch.Tensor:
         answer_lp = torch.log_softmax(self._logits(answer_hidden), dim=-1)  # (B, V)
@@ -254,32 +275,57 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
-        self, texts: Sequence[str], prompt: PromptInput = None, max_new_tokens: int = 32, **kwargs
+        self, texts: Sequence[str], prompt: PromptInput = None, max_new_tokens: int = 32,
+        stop: Sequence[str] | None = None, batch_size: int = 32, **kwargs,
     ) -> list[str]:
-        """Continue each text with the prompt in place (left padding, KV cache), greedy by default."""
+        """Continue each text with the prompt in place (left padding, KV cache), greedy by default
+        (`do_sample`, `temperature` and HF's `stopping_criteria` pass through).
+
+        Texts run `batch_size` at a time, sorted by length so that little goes to padding, and come back
+        in input order. Each output is cut just before the first occurrence of any `stop` string, and a
+        row stops generating once it has written one. Greedy outputs equal one text at a time.
+        """
         if not texts:
             return []
-        if prompt is not None and isinstance(prompt, (list, tuple)):
-            return self._generate_with_prefix(texts, prompt, max_new_tokens, **kwargs)
+        if batch_size < 1:
+            raise ConfigError(f"generate: batch_size must be at least 1, not {batch_size}")
+        stops = _check_stops(stop)
         ids = self.tokenize(texts)
-        if hasattr(prompt, "for_inputs"):
-            prompt = prompt.for_inputs(self, ids)
-        soft = prompt.embeddings if isinstance(prompt, DeltaPrompt) else prompt
-        ids = self.fit(ids, (0 if soft is None else soft.shape[-2]) + max_new_tokens)
-        embeds, mask, _, _ = self.padded_inputs(ids, prompt, padding_side="left")
+        resolved = resolve_prompt(self, ids, prompt)
+        ids = self.fit(ids, resolved.length + max_new_tokens)
+        user = kwargs.pop("stopping_criteria", None)
+        criteria = StoppingCriteriaList([user] if isinstance(user, StoppingCriteria) else list(user or []))
+        if stops:
+            criteria.append(StopStrings(self.tokenizer, stops))
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = [""] * len(ids)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            part = resolved.select(chunk)
+            run = self._generate_with_prefix if part.prefix is not None else self._generate_embedded
+            tokens = run([ids[i] for i in chunk], part, max_new_tokens, criteria or None, **kwargs)
+            for i, text in zip(chunk, self.tokenizer.batch_decode(tokens, skip_special_tokens=True), strict=True):
+                out[i] = cut_at_stop(text, stops)
+        return out
+
+    def _generate_embedded(
+        self, ids: list[list[int]], prompt: ResolvedPrompt, max_new_tokens: int, stopping_criteria, **kwargs
+    ) -> torch.Tensor:
+        """HF `generate` on a left-padded batch of input embeddings with the prompt right after the pads:
+        the new tokens (batch, steps), finished rows padded."""
+        embeds, mask, _, _ = self.padded_inputs(ids, prompt.embedding_input(), padding_side="left")
         kwargs.setdefault("do_sample", False)
-        out = self.model.generate(
+        return self.model.generate(
             inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stopping_criteria, **kwargs,
         )
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def _generate_with_prefix(
-        self, texts: Sequence[str], prefix: Prefix, max_new_tokens: int, do_sample: bool = False,
-        temperature: float = 1.0, stopping_criteria=None, **unsupported,
-    ) -> list[str]:
+        self, ids: list[list[int]], prompt: ResolvedPrompt, max_new_tokens: int, stopping_criteria=None,
+        do_sample: bool = False, temperature: float = 1.0, **unsupported,
+    ) -> torch.Tensor:
         """Greedy or sampled decoding behind a deep prompt's keys/values; `stopping_criteria` (HF's, called
-        with the tokens generated so far) may end it between two steps.
+        with the tokens generated so far) may end a row between two steps. The new tokens (batch, steps).
 
         HF `generate` assumes every cached position has an input id, which a learned prefix has not,
         so this small loop runs the cache itself: prefill after the prefix, then one token a step.
@@ -287,15 +333,14 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
         if unsupported:
             raise ModelError(f"generation behind a deep prompt supports do_sample and temperature, not "
                              f"{', '.join(unsupported)}")
-        n_prefix = prefix[0][0].shape[-2]
-        ids = self.fit(self.tokenize(texts), n_prefix + max_new_tokens)
+        n_prefix = prompt.length
         batch, longest = len(ids), max(map(len, ids))
         input_ids = torch.full((batch, longest), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(batch, longest, dtype=torch.long)
         for i, x in enumerate(ids):
             input_ids[i, longest - len(x):] = torch.tensor(x)
             mask[i, longest - len(x):] = 1
-        cache = self._cache_from_prefix(prefix, batch)
+        cache = self._cache_from_prefix(prompt.prefix, batch)
         full_mask = torch.cat([torch.ones(batch, n_prefix, dtype=torch.long), mask], 1).to(self.device)
         positions = (n_prefix + (mask.cumsum(1) - 1).clamp(min=0)).to(self.device)
         step_ids = input_ids.to(self.device)
@@ -321,8 +366,34 @@ class CausalLMBackbone(ContextFitting, PaddedPaths):
             step_ids = nxt[:, None]
             full_mask = torch.cat([full_mask, torch.ones(batch, 1, dtype=torch.long, device=self.device)], 1)
             positions = positions[:, -1:] + 1
-        tokens = torch.stack(out_tokens, 1).cpu().tolist()
-        return self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return torch.stack(out_tokens, 1).cpu()
+
+
+class StopStrings(StoppingCriteria):
+    """Stops a row once the text it has generated contains a stop string, anywhere (a token may carry
+    text past the stop string, which HF's end-anchored `StopStringCriteria` would not stop on)."""
+
+    def __init__(self, tokenizer, stops: Sequence[str]):
+        self.tokenizer, self.stops = tokenizer, list(stops)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids, skip_special_tokens=True)
+        hit = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(hit, dtype=torch.bool, device=input_ids.device)
+
+
+def _check_stops(stop: Sequence[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
+        raise ConfigError(f"generate: stop must be a list of non-empty strings, not {stop!r}")
+    return list(stop)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """`text` up to (not including) the first occurrence of any of `stops`."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(found)] if found else text
 
 
 def load_causal_lm(source: str, model_id: str, device: torch.device, dtype: torch.dtype) -> CausalLMBackbone:

@@ -29,14 +29,34 @@ class PackedLayout:
     def build(
         cls, token_ids: Sequence[Sequence[int]], labels: LabelWords, max_row_tokens: int, inline_prompt: int = 0
     ) -> PackedLayout:
-        """`inline_prompt` > 0 puts that many prompt slots (ids -1, -2, ...) before every example."""
-        branches = [(w_idx, w[:-1]) for w_idx, w in enumerate(labels.flat) if len(w) > 1]
+        """`inline_prompt` > 0 puts that many prompt slots (ids -1, -2, ...) before every example; every
+        multi-token label word is a branch (keyed by its index in `labels.flat`) holding all its tokens but the last."""
+        words = [(w_idx, w[:-1]) for w_idx, w in enumerate(labels.flat) if len(w) > 1]
+        return cls.pack(token_ids, [words] * len(token_ids), max_row_tokens, inline_prompt)
+
+    @classmethod
+    def for_targets(
+        cls, token_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]], max_row_tokens: int,
+        inline_prompt: int = 0,
+    ) -> PackedLayout:
+        """Teacher forcing: example i's target tokens but the last are its one branch (key 0), right after
+        its input, so its answer position and the branch's predict the target: example i's predicting
+        positions are `answer_col[i] + range(len(target_ids[i]))` in row `answer_row[i]`."""
+        return cls.pack(token_ids, [[(0, t[:-1])] for t in target_ids], max_row_tokens, inline_prompt)
+
+    @classmethod
+    def pack(
+        cls, token_ids: Sequence[Sequence[int]], branches: Sequence[Sequence[tuple[int, Sequence[int]]]],
+        max_row_tokens: int, inline_prompt: int = 0,
+    ) -> PackedLayout:
+        """Pack examples back to back; `branches[i]`: example i's (key, tokens) branches, which attend to the
+        example and to themselves, and sit right after it (every example has the same keys, in order)."""
         rows: list[list[tuple[int, int, int, int]]] = [[]]  # (token, position, unit, branch)
         answer_row, answer_col = [], []
-        branch_row = {w: [] for w, _ in branches}
-        branch_col = {w: [] for w, _ in branches}
+        branch_row: dict[int, list[int]] = {}
+        branch_col: dict[int, list[int]] = {}
         for i, x in enumerate(token_ids):
-            need = inline_prompt + len(x) + sum(len(b) for _, b in branches)
+            need = inline_prompt + len(x) + sum(len(b) for _, b in branches[i])
             if rows[-1] and len(rows[-1]) + need > max_row_tokens:
                 rows.append([])
             row = rows[-1]
@@ -45,15 +65,16 @@ class PackedLayout:
             row.extend((t, inline_prompt + p, i, 0) for p, t in enumerate(x))
             answer_row.append(r)
             answer_col.append(len(row) - 1)
-            for k, (w_idx, toks) in enumerate(branches, start=1):
-                branch_row[w_idx].append(r)
-                branch_col[w_idx].append(len(row))
+            for k, (key, toks) in enumerate(branches[i], start=1):
+                branch_row.setdefault(key, []).append(r)
+                branch_col.setdefault(key, []).append(len(row))
                 row.extend((t, inline_prompt + len(x) + p, i, k) for p, t in enumerate(toks))
         width = max(len(r) for r in rows)
         table = torch.zeros(len(rows), width, 4, dtype=torch.long)
         table[..., 2] = -1  # pads belong to no example
         for r, row in enumerate(rows):
-            table[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+            if row:
+                table[r, : len(row)] = torch.tensor(row, dtype=torch.long)
         as_t = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
         return cls(
             ids=table[..., 0], positions=table[..., 1], unit=table[..., 2], branch=table[..., 3],

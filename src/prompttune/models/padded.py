@@ -10,42 +10,20 @@ from collections.abc import Sequence
 
 import torch
 
-from .scoring import DeltaPrompt, LabelWords, Prefix, class_scores, one_hot_rows
+from .scoring import DeltaPrompt, LabelWords, ResolvedPrompt, class_scores, one_hot_rows
 
 
 class PaddedPaths:
     """A mixin of `CausalLMBackbone`: it uses `embed`, `_logits`, `_forward`, `fit` and `_cache_from_prefix`."""
 
-    def _score_unpacked(
-        self, token_ids: list[list[int]], labels: LabelWords, prompt: torch.Tensor | Prefix | None,
-        delta: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def _score_unpacked(self, token_ids: list[list[int]], labels: LabelWords, prompt: ResolvedPrompt) -> torch.Tensor:
         """`score` through right-padded sequences whose masks transformers builds itself: for models a
         hand-built packed mask cannot describe (`AttentionPlan.why_not_packable`). One sequence per
         example, and one per (example, multi-token word) carrying the word's leading tokens."""
         flat, batch = labels.flat, len(token_ids)
         branches = [w_idx for w_idx, w in enumerate(flat) if len(w) > 1]
-        seqs = token_ids + [x + list(flat[w_idx][:-1]) for w_idx in branches for x in token_ids]
-        deep = prompt is not None and not torch.is_tensor(prompt)
-        soft = None if deep else prompt
-        if soft is not None and soft.dim() == 3:
-            soft = soft.repeat(1 + len(branches), 1, 1)
-        embeds, mask, positions, answer = self.padded_inputs(seqs, soft, padding_side="right")
-        if delta is not None:  # DePT's update goes to the input's own tokens, not to a word's (as when packed)
-            index = torch.arange(embeds.shape[1])[None] - soft.shape[-2]  # right padding: prompt, then the input
-            length = torch.tensor([len(x) for x in token_ids] * (1 + len(branches)))[:, None]
-            own = (index >= 0) & (index < length) & (index < delta.shape[0])
-            update = one_hot_rows(delta.to(self.device, self.dtype),
-                                  index.clamp(0, delta.shape[0] - 1).expand(len(seqs), -1).to(self.device))
-            embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
-        cache = None
-        if deep:  # the prefix's keys sit before every sequence, at positions 0..n-1
-            n = prompt[0][0].shape[-2]
-            cache = self._cache_from_prefix(prompt, len(seqs))
-            mask = torch.cat([torch.ones(len(seqs), n, dtype=mask.dtype, device=mask.device), mask], 1)
-            positions = positions + n
-        hidden = self._forward(cache, inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                               use_cache=False).last_hidden_state
+        tails = [[]] * batch + [list(flat[w_idx][:-1]) for w_idx in branches for _ in token_ids]
+        hidden, answer = self._padded_hidden(token_ids, tails, prompt)
         answer = answer[:batch]
         answer_hidden = hidden[torch.arange(batch, device=self.device), answer]
         if not labels.needs_full_softmax:
@@ -63,6 +41,38 @@ class PaddedPaths:
                 score = score + lp.gather(-1, nxt[..., None]).squeeze(-1).sum(-1)
             cols.append(score)
         return class_scores(torch.stack(cols, dim=1), labels)
+
+    def _padded_hidden(
+        self, token_ids: Sequence[Sequence[int]], tails: Sequence[Sequence[int]], prompt: ResolvedPrompt,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last hidden states of right-padded sequences `token_ids[s % batch] + tails[s]` behind the prompt
+        (soft prompt first, DePT's delta on the input's own tokens only, a deep prompt as KV prefix), and each
+        sequence's index of its input's last token. `len(tails)` is a multiple of the batch: a per-example
+        prompt repeats with it."""
+        batch = len(token_ids)
+        seqs = [list(token_ids[s % batch]) + list(t) for s, t in enumerate(tails)]
+        soft = prompt.soft
+        if prompt.per_example:
+            soft = soft.repeat(len(seqs) // batch, 1, 1)
+        n_soft = 0 if soft is None else soft.shape[-2]
+        embeds, mask, positions, _ = self.padded_inputs(seqs, soft, padding_side="right")
+        own_length = torch.tensor([len(token_ids[s % batch]) for s in range(len(seqs))])
+        delta = prompt.delta
+        if delta is not None:  # DePT's update goes to the input's own tokens, not to a word's (as when packed)
+            index = torch.arange(embeds.shape[1])[None] - n_soft  # right padding: prompt, then the input
+            own = (index >= 0) & (index < own_length[:, None]) & (index < delta.shape[0])
+            update = one_hot_rows(delta.to(self.device, self.dtype),
+                                  index.clamp(0, delta.shape[0] - 1).expand(len(seqs), -1).to(self.device))
+            embeds = embeds + torch.where(own.to(self.device)[..., None], update, torch.zeros_like(update))
+        cache = None
+        if prompt.prefix is not None:  # the prefix's keys sit before every sequence, at positions 0..n-1
+            n = prompt.length
+            cache = self._cache_from_prefix(prompt.prefix, len(seqs))
+            mask = torch.cat([torch.ones(len(seqs), n, dtype=mask.dtype, device=mask.device), mask], 1)
+            positions = positions + n
+        hidden = self._forward(cache, inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                               use_cache=False).last_hidden_state
+        return hidden, (own_length + n_soft - 1).to(self.device)
 
     @torch.no_grad()
     def pooled(self, token_ids: Sequence[Sequence[int]], batch_size: int = 32) -> torch.Tensor:

@@ -85,3 +85,52 @@ def class_scores(word_scores: torch.Tensor, labels: LabelWords) -> torch.Tensor:
         cols.append(chunk[:, 0] if len(cls) == 1 else torch.logsumexp(chunk, dim=1))
         start += len(cls)
     return torch.stack(cols, dim=1)
+
+
+@dataclass
+class ResolvedPrompt:
+    """A `PromptInput` taken apart once (`resolve_prompt`), for every path that places it: `score`,
+    `target_nll`, the padded fallbacks and `generate`."""
+
+    soft: torch.Tensor | None = None  # (n_tokens, hidden), or one per example (batch, n_tokens, hidden)
+    prefix: Prefix | None = None  # a deep prompt: per-layer (keys, values)
+    delta: torch.Tensor | None = None  # DePT's update of the input's own token embeddings
+
+    @property
+    def length(self) -> int:
+        """Positions the prompt takes before the input."""
+        if self.prefix is not None:
+            return self.prefix[0][0].shape[-2]
+        return 0 if self.soft is None else self.soft.shape[-2]
+
+    @property
+    def per_example(self) -> bool:
+        return self.soft is not None and self.soft.dim() == 3
+
+    def select(self, index: Sequence[int]) -> ResolvedPrompt:
+        """The prompt of examples `index` (a per-example prompt keeps those rows; a shared one is unchanged)."""
+        soft = self.soft[torch.tensor(list(index), dtype=torch.long, device=self.soft.device)] \
+            if self.per_example else self.soft
+        return ResolvedPrompt(soft, self.prefix, self.delta)
+
+    def embedding_input(self) -> torch.Tensor | DeltaPrompt | None:
+        """What `padded_inputs` takes: the soft prompt, with its input delta if any (not for deep prompts)."""
+        return self.soft if self.delta is None else DeltaPrompt(self.soft, self.delta)
+
+
+def resolve_prompt(backbone, token_ids: Sequence[Sequence[int]], prompt) -> ResolvedPrompt:
+    """Take a `PromptInput` (or a module with `for_inputs`, called on these input ids) apart; a per-example
+    prompt must have one row per example."""
+    if hasattr(prompt, "for_inputs"):  # an input-dependent prompt: one prompt per example
+        prompt = prompt.for_inputs(backbone, token_ids)
+    if prompt is None:
+        return ResolvedPrompt()
+    if isinstance(prompt, DeltaPrompt):
+        out = ResolvedPrompt(soft=prompt.embeddings, delta=prompt.input_delta)
+    elif torch.is_tensor(prompt):
+        out = ResolvedPrompt(soft=prompt)
+    else:
+        out = ResolvedPrompt(prefix=prompt)
+    if out.per_example and out.soft.shape[0] != len(token_ids):
+        raise ModelError(f"per-example prompts: {out.soft.shape[0]} prompts for {len(token_ids)} examples")
+    return out

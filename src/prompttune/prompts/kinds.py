@@ -68,7 +68,7 @@ class PromptKind:
             self.custom_check(meta, tensors, backbone, where)
             return
         sizes: dict[str, int] = {}
-        for name, want in self.shapes(backbone, len(meta["task"].get("verbalizer", {}))).items():
+        for name, want in self.shapes(backbone, len(meta["task"].get("verbalizer") or {})).items():
             if name not in tensors:
                 raise ArtifactError(f"{where}: a '{self.name}' artifact needs the tensor '{name}' in {TENSORS_FILE}")
             got = tuple(tensors[name].shape)

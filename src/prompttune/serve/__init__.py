@@ -1,6 +1,7 @@
 """Serving learned prompts: `Engine` (batching over one frozen backbone) and the OpenAI-compatible app."""
 
-from .engine import Engine, ServedPrompt, load_prompts
+from .engine import Engine, load_prompts
+from .served import ServedPrompt
 
 __all__ = ["Engine", "ServedPrompt", "check_limits", "create_app", "load_prompts", "make_server", "serve"]
 

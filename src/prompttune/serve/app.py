@@ -8,6 +8,11 @@
                                  through the artifact's template
     POST /v1/classify            {"model", "input": [text | {field: text}, ...]} -> label + scores per input
 
+A generative artifact (its task's answer is text) answers on the two completion routes with its own
+settings: the text fills its template's field (a JSON object string fills a template with several),
+answers end at its stop strings (plus the request's `stop`), and max_tokens defaults to its recorded
+answer length (never over --max-tokens-limit). /v1/classify refuses it with a 400 that says why.
+
 An engine whose `inputs` are "images" (a CLIP backbone, serve/clip.py) takes base64 images on
 `/v1/classify` instead, and the text routes answer 400. The app asks the engine, never the kind.
 
@@ -20,7 +25,6 @@ by `request_timeout`, and a request whose client went away is dropped from the e
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -33,7 +37,9 @@ from ..errors import PromptTuneError
 from .engine import Engine
 from .guard import RequestGuard, error_body
 from .scheduler import EngineClosed, Overloaded, RequestTimeout
+from .served import merge_stops
 from .specs import public_name
+from .sse import sse_events
 
 log = logging.getLogger("prompttune.serve")
 SEED_MAX = 2**63 - 1  # torch.manual_seed's range
@@ -46,7 +52,7 @@ class _Body(BaseModel):
 class CompletionBody(_Body):
     model: str
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = Field(None, ge=1)  # default: 16, or a generative artifact's answer length
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
@@ -164,7 +170,9 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
                            "model_not_found") from None
 
     def token_limit(value: int | None, default: int) -> int:
-        value = default if value is None else value
+        """The request's max_tokens, refused over the server's limit; without one, `default` (capped)."""
+        if value is None:
+            return min(default, max_tokens_limit)
         if value > max_tokens_limit:
             raise APIError(400, f"max_tokens {value} is over this server's limit of {max_tokens_limit} "
                            "(--max-tokens-limit)", "max_tokens_too_large")
@@ -245,9 +253,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     @app.post("/v1/classify")
     async def classify(body: ClassifyBody, request: Request):
         prompt = served(body.model)
-        if prompt.predictor is None:
-            raise APIError(400, f"'{body.model}' is the bare backbone; classify needs an artifact (it has the "
-                           "template and labels)", "not_a_classifier")
+        if not prompt.classifies:
+            raise APIError(400, prompt.why_not_classify(), "not_a_classifier")
         inputs = inputs_of(body)
         for i, item in enumerate(inputs):  # a missing field is the client's error, found before queueing
             try:
@@ -261,14 +268,14 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
 
     def generation_inputs(name: str, texts: list[str], render: bool, n: int) -> list[str]:
         prompt = served(name)
-        if prompt.predictor is not None and prompt.predictor.boosted is not None:
+        if not prompt.generates:
             raise APIError(400, f"'{name}' is a boosted ensemble: it classifies (POST /v1/classify) and does not "
                            "generate text", "not_a_generator")
         if len(texts) * n > max_request_rows:
             raise APIError(400, f"{len(texts)} prompt(s) x n={n} = {len(texts) * n} sequences; the limit is "
                            f"{max_request_rows} per request (--max-request-rows)", "too_many_rows")
         if render and prompt.predictor is not None:
-            texts = [prompt.predictor.render(t) for t in texts]
+            texts = [_rendered(prompt, t, i) for i, t in enumerate(texts)]
         if prompt.soft is None or not prompt.mixable_generate:  # only a soft prompt may continue from nothing
             for i, t in enumerate(texts):
                 if not t:
@@ -278,8 +285,9 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     async def complete(request: Request, name: str, texts: list[str], max_tokens: int, temperature: float, n: int,
                        seed: int | None, stop) -> tuple[list[tuple], dict[str, int]]:
         rows = [t for t in texts for _ in range(n)]
-        future = submit(lambda: engine.generate(name, rows, max_tokens, temperature, seed, timeout=request_timeout))
-        out = [_apply_stop(o, stop) for o in await run(future, request)]
+        future = submit(lambda: engine.generate(name, rows, max_tokens, temperature, seed, timeout=request_timeout,
+                                                stop=stop))
+        out = await run(future, request)  # cut at the artifact's and the request's stop strings
         prompt_tokens = sum(out[i * n][1] for i in range(len(texts)))  # each prompt once, however many choices
         completion = sum(o[2] for o in out)
         return out, {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
@@ -296,9 +304,10 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
                 pass
 
         future = submit(lambda: engine.stream(name, text, max_tokens, lambda t: put(("text", t)), temperature, seed,
-                                              timeout=request_timeout))
+                                              timeout=request_timeout, stop=stop))
         future.add_done_callback(lambda f: put(("end", f)))
-        return StreamingResponse(_sse(queue, future, piece, _stops(stop), request_timeout),
+        stops = merge_stops(served(name).stops, stop)
+        return StreamingResponse(sse_events(queue, future, piece, stops, request_timeout, _error_event),
                                  media_type="text/event-stream",
                                  background=BackgroundTask(future.cancel))  # also if the client left before it began
 
@@ -307,8 +316,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > max_inputs:
             raise APIError(400, f"prompt: give 1 to {max_inputs} prompts", "invalid_prompt")
-        max_tokens = token_limit(body.max_tokens, 16)
         prompt = served(body.model)
+        max_tokens = token_limit(body.max_tokens, prompt.default_max_tokens(16))
         texts = generation_inputs(body.model, prompts, not body.raw and prompt.predictor is not None, body.n)
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
@@ -332,7 +341,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, request: Request):
         prompt = served(body.model)
-        max_tokens = token_limit(body.max_completion_tokens or body.max_tokens, 128)
+        max_tokens = token_limit(body.max_completion_tokens or body.max_tokens, prompt.default_max_tokens(128))
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content or ""}
                     for m in body.messages]
         if prompt.predictor is None:
@@ -375,65 +384,15 @@ async def _client_gone(request) -> None:
         pass
 
 
-def _stops(stop) -> list[str]:
-    return [s for s in ([stop] if isinstance(stop, str) else (stop or [])) if s]
-
-
-def _apply_stop(out: tuple, stop) -> tuple:
-    text, n_prompt, n_completion, finish = out
-    for s in _stops(stop):
-        if s in text:
-            text, finish = text[: text.index(s)], "stop"
-    return text, n_prompt, n_completion, finish
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many characters at the end of `text` could be the start of a stop string (not sent yet)."""
-    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
-               default=0)
-
-
-async def _sse(queue: asyncio.Queue, future, piece, stops: list[str], idle_timeout: float):
-    """Server-sent events from the engine's pieces: text (stop strings applied), then the finish reason
-    and [DONE]; an error, or no output for `idle_timeout` seconds, ends the stream with an error event.
-    However it ends (client gone included), the future is cancelled so generation stops."""
-
-    def event(payload: dict) -> str:
-        return f"data: {json.dumps(payload)}\n\n"
-
-    held = ""
+def _rendered(prompt, text: str, i: int) -> str:
+    """prompt[i] through the artifact's template; a missing field or a bad JSON object is the client's error."""
     try:
-        while True:
-            try:
-                kind, value = await asyncio.wait_for(queue.get(), idle_timeout)
-            except TimeoutError:
-                yield event(error_body(f"no output for {idle_timeout:g} s (--request-timeout)", "request_timeout",
-                                       "server_error"))
-                return
-            if kind == "text":
-                held += value
-                hits = [held.index(s) for s in stops if s in held]
-                if hits:
-                    if min(hits):
-                        yield event(piece(held[: min(hits)], None))
-                    yield event(piece("", "stop"))
-                    yield "data: [DONE]\n\n"
-                    return
-                ready = len(held) - _held_back(held, stops)
-                if ready:
-                    yield event(piece(held[:ready], None))
-                    held = held[ready:]
-                continue
-            if value.cancelled():
-                return
-            if value.exception() is not None:
-                err = engine_error(value.exception())
-                yield event(error_body(err.message, err.code, err.kind))
-                return
-            if held:
-                yield event(piece(held, None))
-            yield event(piece("", value.result()[0][3]))
-            yield "data: [DONE]\n\n"
-            return
-    finally:
-        future.cancel()
+        return prompt.render(text)
+    except PromptTuneError as exc:
+        raise APIError(400, f"prompt[{i}]: {exc}", "invalid_input") from None
+
+
+def _error_event(exc: BaseException) -> dict[str, Any]:
+    """The body of a stream's error event: the error the same failure gets without streaming."""
+    err = engine_error(exc)
+    return error_body(err.message, err.code, err.kind)

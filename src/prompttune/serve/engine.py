@@ -1,24 +1,29 @@
 """The serving engine: one frozen backbone, many learned prompts, one worker thread that batches.
 
-Every request becomes a `Work` in a `FairQueue` (serve/scheduler.py); the worker takes one batch
-at a time (at most `max_batch` rows, the waiting requests' rows shared out in turn) and runs it:
+The prompts are classification artifacts, generative artifacts (their answer is text) and the bare
+backbone (`ServedPrompt`, serve/served.py). Every request becomes a `Work` in a `FairQueue`
+(serve/scheduler.py); the worker takes one batch at a time (at most `max_batch` rows, the waiting
+requests' rows shared out in turn) and runs it:
 
 * classification rows whose prompt is text (hard, zero-shot) or a soft prompt, with single-token
   label words, go into ONE packed forward pass (`mixed.answer_hidden_mixed`), each example with
   its own template, its own label words and its own prompt: the distinct soft prompts' keys/values
   are computed once and each example attends only to its own;
-* generation rows with the same sampling settings likewise go into one `generate` call;
+* generation rows with the same sampling settings likewise go into one `generate` call, whatever
+  their artifact (classifier or generator): each row stops at its own max_tokens and stop strings
+  (a generative artifact's own plus its request's) and is cut before the first stop string;
 * streams run one at a time through `generate` with a streamer;
 * the rest (deep key/value prompts, DePT, instance-dependent prompts, multi-token label words), streams
-  included, run through their artifact's own `Predictor`; a boosted ensemble only classifies.
+  included, run behind the prompt their artifact's predictor holds, one row at a time; a boosted
+  ensemble only classifies, a generative artifact only generates.
 
 A request whose rows fail (e.g. too long for the context) fails alone: its batch is retried one
 request at a time. Unseeded sampling draws a fresh seed per call, so equal requests differ.
 
 Generation never blocks classification: between two generated tokens the worker runs one waiting
-classification batch (from the stopping criterion, in the same thread, so no lock is needed).
-The same criterion ends the rows of a request that was cancelled (client gone, stop string seen)
-or ran out of time, and hands each request its text as soon as its own rows are finished.
+classification batch (from the stopping criterion, serve/stopping.py, in the same thread, so no lock
+is needed). The same criterion ends the rows of a request that was cancelled (client gone, stop string
+seen) or ran out of time, and hands each request its text as soon as its own rows are finished.
 """
 
 from __future__ import annotations
@@ -27,64 +32,29 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import StoppingCriteriaList
 
-from ..artifact import Predictor
 from ..errors import ConfigError
 from ..models import LabelWords
+from ..models.causal_lm import StopStrings
 from ..models.scoring import class_scores
-from ..prompts.kinds import get_prompt_kind
 from .mixed import answer_hidden_mixed
 from .scheduler import EngineClosed, FairQueue, Part, RequestTimeout, Work
+from .served import ServedPrompt, merge_stops
 from .specs import check_unique, public_name
+from .stopping import Interrupt, RowStopper, TextPieces, cut_at_stops
 
 CLASSIFY_OPS = ("classify", "classify-own")
 STREAM_OPS = ("stream", "stream-own")
 OWN_GENERATE_ROWS = 4  # rows of a predictor-generated group per turn (each row is its own generate call)
 
 
-@dataclass
-class ServedPrompt:
-    """A name clients use as `model`: a learned artifact, or the bare backbone (predictor None)."""
-
-    name: str
-    predictor: Predictor | None
-    path: str | None = None
-
-    @property
-    def kind(self) -> str:
-        return self.predictor.meta["prompt_kind"] if self.predictor else "backbone"
-
-    @property
-    def soft(self) -> torch.Tensor | None:
-        p = self.predictor.prompt if self.predictor else None
-        return p if torch.is_tensor(p) else None
-
-    @property
-    def mixable_classify(self) -> bool:
-        p = self.predictor
-        return p is not None and get_prompt_kind(self.kind).mixable and not p.label_words.needs_full_softmax
-
-    @property
-    def mixable_generate(self) -> bool:
-        return self.predictor is None or get_prompt_kind(self.kind).mixable
-
-    def describe(self) -> dict[str, Any]:
-        """What /v1/models shows: names and labels, never the server's file paths."""
-        info: dict[str, Any] = {"kind": self.kind}
-        if self.predictor:
-            info.update(task=self.predictor.meta["task"]["name"], labels=self.predictor.labels,
-                        method=self.predictor.meta.get("method"))
-        return info
-
-
-def load_prompts(backbone, predictors: list[tuple[str, str, Predictor]]) -> dict[str, ServedPrompt]:
+def load_prompts(backbone, predictors: list[tuple[str, str, Any]]) -> dict[str, ServedPrompt]:
     """The served artifacts from (name, path, predictor) triples (`TextKind.engine` builds them from
     NAME=PATH specs, each checked against the backbone's weights); names must be unique."""
     check_unique([name for name, _, _ in predictors], [public_name(backbone.model_id)])
@@ -123,31 +93,43 @@ class Engine:
         return self.prompts[name]
 
     def classify(self, name: str, texts: list, timeout: float | None = None) -> Future:
-        """Future of [(label, {label: probability})] for `texts` (strings or field mappings) with prompt `name`."""
+        """Future of [(label, {label: probability})] for `texts` (strings or field mappings) with prompt `name`;
+        a generative artifact or the bare backbone is refused (ConfigError)."""
         served = self.get(name)
+        if not served.classifies:
+            raise ConfigError(served.why_not_classify())
         key = ("classify",) if served.mixable_classify else ("classify-own", name)
         return self.queue.submit(Work(key, texts, {"prompt": served}, _deadline(timeout)))
 
     def generate(self, name: str, texts: list[str], max_tokens: int, temperature: float = 0.0,
-                 seed: int | None = None, timeout: float | None = None) -> Future:
+                 seed: int | None = None, timeout: float | None = None, stop: Sequence[str] | None = None) -> Future:
         """Future of [(text, n_prompt_tokens, n_completion_tokens, finish_reason)] per input text. The texts
-        are the model's input as they are: putting them through an artifact's template is the caller's."""
+        are the model's input as they are: putting them through an artifact's template is the caller's.
+        Each text is cut before the first of `stop` or the artifact's own stop strings (finish_reason
+        "stop"), and its row stops generating there."""
         served = self.get(name)
+        if not served.generates:
+            raise ConfigError(f"'{name}' is a boosted ensemble: it classifies and does not generate text")
         key = ("generate" if served.mixable_generate else "generate-own",
                "" if served.mixable_generate else name, float(temperature))
         if seed is not None:  # a seeded request batches alone, so its samples do not depend on company
             key += (next(self._unique),)
-        params = {"prompt": served, "max_tokens": max_tokens, "temperature": float(temperature), "seed": seed}
+        params = {"prompt": served, "max_tokens": max_tokens, "temperature": float(temperature), "seed": seed,
+                  "stop": merge_stops(served.stops, stop)}
         return self.queue.submit(Work(key, texts, params, _deadline(timeout)))
 
     def stream(self, name: str, text: str, max_tokens: int, on_text: Callable[[str], None],
-               temperature: float = 0.0, seed: int | None = None, timeout: float | None = None) -> Future:
-        """Generate for one text, calling `on_text(piece)` (in the worker thread) as pieces are ready.
+               temperature: float = 0.0, seed: int | None = None, timeout: float | None = None,
+               stop: Sequence[str] | None = None) -> Future:
+        """Generate for one text, calling `on_text(piece)` (in the worker thread) as pieces are ready; the
+        pieces are uncut (a stop string may show in them: the caller cuts, as the HTTP side does).
         The future ends as `generate`'s does; cancel it to stop generating (e.g. the client went away).
         `timeout` bounds the wait for the stream to start."""
         served = self.get(name)
+        if not served.generates:
+            raise ConfigError(f"'{name}' is a boosted ensemble: it classifies and does not generate text")
         params = {"prompt": served, "max_tokens": max_tokens, "temperature": float(temperature), "seed": seed,
-                  "on_text": on_text}
+                  "stop": merge_stops(served.stops, stop), "on_text": on_text}
         key = ("stream" if served.mixable_generate else "stream-own", next(self._unique))
         return self.queue.submit(Work(key, [text], params, _deadline(timeout)))
 
@@ -257,17 +239,17 @@ class Engine:
         if not rows:
             return
         first = rows[0][0].params
-        streamer = _TextPieces(self.backbone.tokenizer, first["on_text"]) if "on_text" in first else None
-        stopper = _RowStopper(self, rows, [len(x) for x in ids], early=streamer is None)
+        streamer = TextPieces(self.backbone.tokenizer, first["on_text"]) if "on_text" in first else None
+        stopper = RowStopper(self, rows, [len(x) for x in ids], early=streamer is None)
         seed = first["seed"] if first["seed"] is None else first["seed"] + rows[0][1]  # later chunks: other draws
         self.stats["forward_passes"] += 1  # counted first: the criterion may answer before `generate` returns
         out = self._hf_generate(ids, softs, max(stopper.limits), first["temperature"], seed, stopper, streamer)
         stopper.finish(out)
 
     def _generate_own(self, parts: list[Part]) -> None:
-        """Prompts only their predictor can apply (deep prompts, DePT, instance prompts): row by row."""
+        """Prompts only their predictor's backbone call can apply (deep prompts, DePT, instance prompts):
+        row by row, each with the prompt the predictor holds."""
         for work, a, b in parts:
-            served, params = work.params["prompt"], work.params
             for i in range(a, b):
                 if not work.live or self._closing.is_set():
                     self._drop(work)
@@ -276,20 +258,29 @@ class Engine:
                     self.queue.fail(work, ConfigError("prompt: nothing to continue (the text is empty after "
                                                       "tokenization)"))
                     break
-                kwargs: dict[str, Any] = {"do_sample": True, "temperature": params["temperature"]} \
-                    if params["temperature"] > 0 else {}
-                kwargs["stopping_criteria"] = StoppingCriteriaList([_Interrupt(self, work)])
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(_seed(params["seed"], i))
-                    text = served.predictor.generate(work.rows[i], max_new_tokens=params["max_tokens"], raw=True,
-                                                     **kwargs)
+                answer = self._own_row(work, i)
                 self.stats["forward_passes"] += 1
-                if "on_text" in params:
-                    params["on_text"](text)
-                n_prompt = len(self.backbone.tokenize([work.rows[i]])[0])
-                n_out = len(self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"])
-                self.queue.deliver(work, i, [(text, n_prompt, n_out, "length")])
+                if "on_text" in work.params:
+                    work.params["on_text"](answer[0])
+                self.queue.deliver(work, i, [answer])
                 self._between_steps()
+
+    def _own_row(self, work: Work, i: int) -> tuple[str, int, int, str]:
+        """One row through `backbone.generate` behind the artifact's prompt: (text cut at a stop string,
+        prompt tokens, new tokens, finish reason)."""
+        params, tokenizer = work.params, self.backbone.tokenizer
+        kwargs: dict[str, Any] = {"do_sample": True, "temperature": params["temperature"]} \
+            if params["temperature"] > 0 else {}
+        criteria = [Interrupt(self, work)] + ([StopStrings(tokenizer, params["stop"])] if params["stop"] else [])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(params["seed"], i))
+            raw = self.backbone.generate([work.rows[i]], work.params["prompt"].predictor.prompt,
+                                         max_new_tokens=params["max_tokens"],
+                                         stopping_criteria=StoppingCriteriaList(criteria), **kwargs)[0]
+        text, cut = cut_at_stops(raw, params["stop"])
+        n_prompt = len(self.backbone.tokenize([work.rows[i]])[0])
+        n_out = len(tokenizer(raw, add_special_tokens=False)["input_ids"])
+        return text, n_prompt, n_out, "stop" if cut or n_out < params["max_tokens"] else "length"
 
     def _drop(self, work: Work) -> None:
         """A request that is no longer wanted: it answers (if anyone waits) with why."""
@@ -351,85 +342,3 @@ def _class_logprobs(logits: torch.Tensor, labels: LabelWords, where: dict[int, i
     `backbone.score` does (`class_scores`), then log-softmax."""
     words = torch.stack([logits[where[w[0]]] for w in labels.flat])
     return torch.log_softmax(class_scores(words[None], labels)[0], -1)
-
-
-class _Interrupt(StoppingCriteria):
-    """The stopping criterion of a predictor's own `generate` call: stop when the request is no longer
-    wanted or the server closes; between two steps the engine runs one classification batch."""
-
-    def __init__(self, engine: Engine, work: Work):
-        self.engine, self.work = engine, work
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        stop = self.engine._closing.is_set() or not self.work.live
-        self.engine._between_steps()
-        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-
-class _RowStopper(StoppingCriteria):
-    """The stopping criterion of one batched `generate` call: row r stops at its own `max_tokens`, at
-    EOS, or when its request is cancelled, out of time or the server closes; a request whose rows have
-    all stopped gets its answer at once (`early`). Between two steps the engine runs one classification batch."""
-
-    def __init__(self, engine: Engine, rows: list[tuple[Work, int]], prompt_lengths: list[int], early: bool = True):
-        self.engine, self.rows, self.prompt_lengths, self.early = engine, rows, prompt_lengths, early
-        self.limits = [w.params["max_tokens"] for w, _ in rows]
-        self.eos = engine.backbone.tokenizer.eos_token_id
-        self.stopped = [False] * len(rows)
-        self.finish_reason = ["length"] * len(rows)
-        self.answered: set[int] = set()  # id() of the works already answered or dropped
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        closing = self.engine._closing.is_set()
-        last = input_ids[:, -1].tolist()
-        for r, (work, _) in enumerate(self.rows):
-            if self.stopped[r]:
-                continue
-            if closing or not work.live:
-                self.stopped[r] = True
-            elif last[r] == self.eos:
-                self.stopped[r], self.finish_reason[r] = True, "stop"
-            elif input_ids.shape[1] >= self.limits[r]:
-                self.stopped[r] = True
-        if self.early:  # a stream answers after `generate`, once its streamer has flushed the last piece
-            self._answer(input_ids)
-        self.engine._between_steps()
-        return torch.tensor(self.stopped, dtype=torch.bool, device=input_ids.device)
-
-    def finish(self, tokens: torch.Tensor) -> None:
-        """After `generate`: answer whatever the criterion has not."""
-        self.stopped = [True] * len(self.rows)
-        self._answer(tokens)
-
-    def _answer(self, tokens: torch.Tensor) -> None:
-        by_work: dict[int, list[int]] = {}
-        for r, (work, _) in enumerate(self.rows):
-            by_work.setdefault(id(work), []).append(r)
-        for rs in by_work.values():
-            work = self.rows[rs[0]][0]
-            if id(work) in self.answered or not all(self.stopped[r] for r in rs):
-                continue
-            self.answered.add(id(work))
-            if not work.live or self.engine._closing.is_set():
-                self.engine._drop(work)
-                continue
-            out = []
-            for r in rs:
-                row = tokens[r, : self.limits[r]].tolist()
-                if self.eos in row:
-                    row = row[: row.index(self.eos)]
-                text = self.engine.backbone.tokenizer.decode(row, skip_special_tokens=True)
-                out.append((text, self.prompt_lengths[r], len(row), self.finish_reason[r]))
-            self.engine.queue.deliver(work, self.rows[rs[0]][1], out)
-
-
-class _TextPieces(TextStreamer):
-    """A streamer that hands each finished piece of text to `on_text` (the HTTP side's queue)."""
-
-    def __init__(self, tokenizer, on_text: Callable[[str], None]):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.on_text = on_text
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.on_text(text)

@@ -3,8 +3,10 @@ answers (a list: several may be right) and returns a score in [0, 1], the best o
 
 Each metric is a small registered function; its normalisation is stated where it is defined.
 `get_metric("exact_match", lower=False)` gives a metric with options; `python:module:function`
-names a user function `(prediction, answers) -> float`. ROUGE, chrF and BLEU come from
-`rouge-score` and `sacrebleu`, JSON Schema from `jsonschema` (the `generation` extra).
+names a user function `(prediction, answers) -> float` (options, if any, are passed to it as keywords).
+ROUGE, chrF and BLEU come from `rouge-score` and `sacrebleu`, JSON Schema from `jsonschema` (the
+`generation` extra). Metrics that hold state (`llm_judge`, in `judge.py`) are registered as factories:
+`get_metric` builds them from their options without scoring anything.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from ..errors import ConfigError
 
 Metric = Callable[[str, Sequence[str]], float]
 _METRICS: dict[str, Callable[..., float]] = {}
+_FACTORIES: dict[str, Callable[..., Metric]] = {}
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
 
 def register_metric(name: str) -> Callable[[Callable[..., float]], Callable[..., float]]:
     def add(fn: Callable[..., float]) -> Callable[..., float]:
-        if name in _METRICS:
+        if name in _METRICS or name in _FACTORIES:
             raise RuntimeError(f"metric '{name}' registered twice")
         _METRICS[name] = fn
         return fn
@@ -37,14 +40,40 @@ def register_metric(name: str) -> Callable[[Callable[..., float]], Callable[...,
     return add
 
 
+def register_metric_factory(name: str) -> Callable[[Callable[..., Metric]], Callable[..., Metric]]:
+    """A metric built from its options (`factory(**options) -> Metric`): for metrics with state, such as a
+    client, that must not be probed with a dummy call the way plain metrics are."""
+    def add(factory: Callable[..., Metric]) -> Callable[..., Metric]:
+        if name in _METRICS or name in _FACTORIES:
+            raise RuntimeError(f"metric '{name}' registered twice")
+        _FACTORIES[name] = factory
+        return factory
+
+    return add
+
+
 def metric_names() -> list[str]:
-    return sorted(_METRICS)
+    return sorted([*_METRICS, *_FACTORIES])
+
+
+def metric_label(name: str, options: dict[str, Any]) -> str:
+    """How a metric is named in reports: its name, with its options when it has any (sorted, `k=v` joined by
+    commas; a `client` given at bind time is not an option of the task and is left out):
+    "exact_match", "exact_match(lower=False)"."""
+    shown = [f"{k}={v}" for k, v in sorted(options.items()) if k != "client"]
+    return f"{name}({','.join(shown)})" if shown else name
 
 
 def get_metric(name: str, **options: Any) -> Metric:
     """The metric `name` with its options bound; `python:module:function` imports a user metric."""
     if name.startswith("python:"):
-        return _python_metric(name)
+        fn = _python_metric(name)
+        return partial(fn, **options) if options else fn
+    if name in _FACTORIES:
+        try:
+            return _FACTORIES[name](**options)
+        except TypeError as exc:
+            raise ConfigError(f"metric '{name}': bad options {sorted(options)} ({exc})") from None
     if name not in _METRICS:
         raise ConfigError(f"metric '{name}' is not known (known: {', '.join(metric_names())}, or "
                           "python:module:function)")
@@ -90,6 +119,14 @@ def exact_match(prediction: str, answers: Sequence[str], lower: bool = True, pun
     can be turned off)."""
     norm = partial(normalize, lower=lower, punctuation=punctuation, articles=articles, whitespace=whitespace)
     return float(any(norm(prediction) == norm(a) for a in answers))
+
+
+@register_metric("exact_set")
+def exact_set(prediction: str, answers: Sequence[str]) -> float:
+    """1 when the prediction and an answer hold the same set of normalised words, in any order and count
+    ("beetle, bear" = "bear, beetle"; instruction induction scores taxonomy_animal this way)."""
+    words = set(normalize(prediction).split())
+    return float(any(words == set(normalize(a).split()) for a in answers))
 
 
 @register_metric("contains")
@@ -192,3 +229,6 @@ def _sacrebleu():
     except ImportError:
         raise ConfigError("metrics 'chrf' and 'bleu' need sacrebleu: pip install 'prompttune[generation]'") from None
     return sacrebleu
+
+
+from . import judge  # noqa: E402, F401  (registers llm_judge; it needs the registry above)

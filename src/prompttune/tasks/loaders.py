@@ -7,6 +7,7 @@ Every record carries its origin (`file:line`) so later errors can point at it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.metadata as md
 import json
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from ..errors import DataError
 
-Record = tuple[dict[str, str], str]  # (columns, "file:line")
+Record = tuple[dict[str, str], str]  # (columns, "file:line"); a JSON list value stays a list
 
 
 def _label_text(path: Path) -> list[Record]:
@@ -72,14 +73,35 @@ def _bio(path: Path) -> list[Record]:
     return out
 
 
+def _cause_effect(path: Path) -> list[Record]:
+    """Instruction induction's cause_and_effect (`{"examples": {..: {cause, effect}}}`) as APE poses it: `input`
+    is "Sentence 1: .. Sentence 2: .." and `output` the cause. APE draws the order of the two sentences at
+    random on every load; here a hash of the pair fixes it, so each pair has the same order in every run and
+    about half the pairs put the cause second."""
+    out = []
+    for cols, origin in _jsonl(path):
+        missing = [k for k in ("cause", "effect") if not isinstance(cols.get(k), str)]
+        if missing:
+            raise DataError(f"{origin}: expected 'cause' and 'effect' texts; no {' or '.join(missing)}")
+        cause, effect = cols["cause"], cols["effect"]
+        first, second = (cause, effect) if _first_half(f"{cause}\n{effect}") else (effect, cause)
+        out.append((cols | {"input": f"Sentence 1: {first} Sentence 2: {second}", "output": cause}, origin))
+    return out
+
+
+def _first_half(text: str) -> bool:
+    return hashlib.sha256(text.encode()).digest()[0] < 128
+
+
 LINE_FORMATS: dict[str, Callable[[Path], list[Record]]] = {"label-text": _label_text, "trec-coarse": _trec_coarse,
-                                                           "bio": _bio}
+                                                           "bio": _bio, "cause-effect": _cause_effect}
 
 
 def _row(value: object, where: str) -> dict[str, str]:
+    """A JSON object's columns as text; a list stays a list (a target over it gives several answers)."""
     if not isinstance(value, dict):
         raise DataError(f"{where}: each record must be a JSON object, not {type(value).__name__}")
-    return {k: "" if v is None else str(v) for k, v in value.items()}
+    return {k: "" if v is None else v if isinstance(v, list) else str(v) for k, v in value.items()}
 
 
 def _jsonl(path: Path) -> list[Record]:
@@ -198,7 +220,8 @@ def _hf(spec: str) -> list[Record]:
     else:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"'{spec}': could not load ({first})")
-    return [({k: str(v) for k, v in row.items()}, f"{spec}#{i}") for i, row in enumerate(ds)]
+    return [({k: v if isinstance(v, list) else str(v) for k, v in row.items()}, f"{spec}#{i}")
+            for i, row in enumerate(ds)]
 
 
 def resolve_path(spec: str, data_dir: Path | None) -> Path:

@@ -1,4 +1,5 @@
-"""A classification task: examples + template + verbalizer, and the few-shot splits drawn from it."""
+"""A task: examples + template + verbalizer (classification) or target (generative), and the few-shot
+splits drawn from it."""
 
 from __future__ import annotations
 
@@ -12,18 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DataError
+from .answer_metrics import Metric, get_metric
+from .builtin_generative import builtin_task_families, family_spec, is_family_name
+from .examples import Example, examples_of
 from .loaders import read_records, resolve_path
-from .spec import TaskSpec, parse_task_yaml, read_task_file
+from .spec import GenerationSpec, TaskSpec, parse_task_yaml, read_task_file
 
 # Held-out test slices (test_fraction) use their own fixed seed, so every run seed sees the same test set.
 HOLDOUT_SEED = 1234
-
-
-@dataclass(frozen=True)
-class Example:
-    fields: dict[str, str]
-    label: str
-    origin: str  # file:line, for error messages
 
 
 @dataclass
@@ -40,14 +37,44 @@ class Task:
         self.origin = origin
         self.files = files or {}  # data split -> the local file it was read from
         self._data_identity: dict[str, dict[str, Any]] | None = None
+        self._metrics: list[tuple[str, Metric]] | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     @property
+    def is_generative(self) -> bool:
+        return self.spec.is_generative
+
+    @property
     def labels(self) -> list[str]:
-        return list(self.spec.verbalizer)
+        """The classes (empty for a generative task)."""
+        return list(self.spec.verbalizer or {})
+
+    @property
+    def metrics(self) -> list[tuple[str, Metric]]:
+        """A generative task's metrics as (report name, bound function), the primary first; report names are
+        `answer_metrics.metric_label`: "f1", "exact_match(lower=False)". Empty for a classification task."""
+        if self._metrics is None:
+            self._metrics = [(m.report_name, get_metric(m.name, **m.options)) for m in self.spec.metric]
+        return self._metrics
+
+    @property
+    def primary_metric(self) -> str:
+        """The report name of the first metric; "accuracy" for a classification task."""
+        return self.spec.metric[0].report_name if self.is_generative else "accuracy"
+
+    @property
+    def generation(self) -> GenerationSpec:
+        return self.spec.generation
+
+    def target_text(self, example: Example) -> str:
+        """The answer a generative example trains on: its first acceptable answer."""
+        if not example.answers:
+            raise ConfigError(f"{example.origin}: task '{self.name}' has no target text for this example "
+                              "(a classification task scores labels)")
+        return example.answers[0]
 
     def words(self) -> list[list[str]]:
         return self.spec.words()
@@ -59,7 +86,8 @@ class Task:
         return self.labels.index(example.label)
 
     def few_shot(self, shots: int, seed: int, dev_shots: int | None = None) -> FewShot:
-        """k examples per class for train and, disjointly, for dev (LM-BFF), drawn with `seed`.
+        """k examples per class (classification; k in all for a generative task) for train and, disjointly,
+        for dev (LM-BFF), drawn with `seed`.
 
         Dev comes from the task's dev split when it has one, else from what train has left.
         """
@@ -67,6 +95,8 @@ class Task:
             raise ConfigError(f"--shots must be at least 1, got {shots}")
         dev_k = shots if dev_shots is None else dev_shots
         rng = random.Random(seed)
+        if self.is_generative:
+            return self._few_shot_generative(shots, dev_k, rng)
         train_pool = _by_label(self.splits["train"], self.labels)
         train = _draw(train_pool, shots, rng, "train", self.origin)
         if "dev" in self.splits:
@@ -74,6 +104,24 @@ class Task:
         else:
             dev = _draw(train_pool, dev_k, rng, "train (for dev)", self.origin, strict=False)
         return FewShot(train, dev)
+
+    def _few_shot_generative(self, shots: int, dev_k: int, rng: random.Random) -> FewShot:
+        if dev_k < 1:
+            raise ConfigError(f"--dev-shots must be at least 1, got {dev_k}")
+        pool = list(self.splits["train"])
+        if len(pool) < shots:
+            raise DataError(f"{self.origin}: train has {len(pool)} examples, fewer than --shots {shots}")
+        rng.shuffle(pool)
+        train, rest = pool[:shots], pool[shots:]
+        what = "dev"
+        if "dev" in self.splits:
+            rest = list(self.splits["dev"])
+            rng.shuffle(rest)
+        else:
+            what = f"train after the {shots} shots (the dev examples come from there)"
+        if len(rest) < dev_k:
+            raise DataError(f"{self.origin}: {what} has {len(rest)} examples, fewer than --dev-shots {dev_k}")
+        return FewShot(train, rest[:dev_k])
 
     def split(self, name: str) -> list[Example]:
         if name not in self.splits:
@@ -97,7 +145,8 @@ class Task:
                             h.update(chunk)
                     out[split] = {"source": source, "size": path.stat().st_size, "sha256": h.hexdigest()}
                 else:  # read through a library: hash what it gave
-                    rows = [[ex.fields, ex.label] for ex in self.splits.get(split, [])]
+                    rows = [[ex.fields, ex.label, *([list(ex.answers)] if ex.answers else [])]
+                            for ex in self.splits.get(split, [])]
                     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
                     out[split] = {"source": source, "examples": len(rows), "sha256": digest}
             self._data_identity = out
@@ -132,54 +181,32 @@ def _draw(pool: dict[str, list[Example]], k: int, rng: random.Random, what: str,
     return out
 
 
-def _examples(spec: TaskSpec, records, split: str) -> list[Example]:
-    labels, skipped = set(spec.verbalizer), set(spec.skip_labels)
-    label_col = spec.label_column
-    needed = {f: spec.column_for(f) for f in spec.input_fields}
-    out = []
-    for cols, origin in records:
-        for field, column in needed.items():
-            if column not in cols:
-                have = ", ".join(cols) or "none"
-                raise DataError(
-                    f"{origin}: no column '{column}' for template field '{{{field}}}' (columns: {have})"
-                )
-        if label_col not in cols:
-            raise DataError(f"{origin}: no label column '{label_col}' (columns: {', '.join(cols)})")
-        label = str(cols[label_col]).strip()
-        if label in skipped:
-            continue
-        if label not in labels:
-            raise DataError(
-                f"{origin}: label '{label}' is not in the verbalizer (labels: {', '.join(spec.verbalizer)})"
-            )
-        out.append(Example({f: cols[c] for f, c in needed.items()}, label, origin))
-    if not out:
-        raise DataError(f"{spec.name}: the {split} data has no examples")
-    return out
-
-
 def builtin_tasks() -> list[str]:
     root = resources.files("prompttune.tasks").joinpath("builtin")
     return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_spec(name_or_path: str) -> tuple[TaskSpec, str]:
+def load_spec(name_or_path: str, data_dir: str | Path | None = None) -> tuple[TaskSpec, str]:
+    """The spec of a task file, a built-in task or a built-in family member (`ii:<task>`,
+    `mit-movies:<slot>`, which need `data_dir` to know their members), and where it came from."""
     path = Path(name_or_path).expanduser()
     if name_or_path.endswith((".yaml", ".yml")) or path.exists():
         return read_task_file(path), str(path.resolve())
     if name_or_path in builtin_tasks():
         text = resources.files("prompttune.tasks").joinpath("builtin", f"{name_or_path}.yaml").read_text()
-        return parse_task_yaml(text, f"built-in task {name_or_path}"), name_or_path
+        return parse_task_yaml(text, f"built-in task {name_or_path}", lines=False), name_or_path
+    if is_family_name(name_or_path):
+        return family_spec(name_or_path, Path(data_dir).expanduser() if data_dir else None), name_or_path
     raise ConfigError(
-        f"--task '{name_or_path}' is neither a built-in task ({', '.join(builtin_tasks())}) nor a task YAML file"
+        f"--task '{name_or_path}' is neither a built-in task ({', '.join(builtin_tasks() + builtin_task_families())})"
+        " nor a task YAML file"
     )
 
 
 def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
     """Load a built-in task by name, or a task YAML file, reading its data from `data_dir`."""
-    spec, origin = load_spec(name_or_path)
     root = Path(data_dir).expanduser() if data_dir else None
+    spec, origin = load_spec(name_or_path, root)
     if root is not None and not root.is_dir():
         raise DataError(f"--data-dir {root} is not a directory")
     splits: dict[str, list[Example]] = {}
@@ -187,7 +214,7 @@ def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
     for split in ("train", "dev", "test"):
         where = getattr(spec.data, split)
         if where:
-            splits[split] = _examples(spec, read_records(where, root, spec.format), split)
+            splits[split] = examples_of(spec, read_records(where, root, spec.format), split)
             if not where.startswith("hf:"):
                 files[split] = resolve_path(where, root)
     if "test" not in splits and spec.test_fraction:

@@ -1,7 +1,8 @@
 """The soft family's base: prompts trained by gradient through the frozen backbone.
 
-`SoftPromptMethod` trains `n_tokens` input embeddings (or any module that produces a prompt) with
-cross-entropy over the verbalizer words at the answer position, selects on dev, and folds the trained
+`SoftPromptMethod` trains `n_tokens` input embeddings (or any module that produces a prompt) with the
+task's objective (cross-entropy over the verbalizer words at the answer position, or the target
+text's negative log-likelihood on a generative task), selects on dev, and folds the trained
 module into what inference needs (`fold`, through the prompt-kind table). Every method whose prompt
 lives in the input-embedding space or the KV cache (prompt tuning, residual, low-rank, P-tuning,
 prefix tuning, DePT, ...) subclasses it and overrides `build_prompt`, and little else.
@@ -9,13 +10,12 @@ prefix tuning, DePT, ...) subclasses it and overrides `build_prompt`, and little
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from ...evaluation import encode, evaluate_encoded
+from ...objectives import objective_for
 from ...prompts import SoftPrompt
 from ...prompts.kinds import kind_of_prompt
 from ...training import CHECKPOINT, Evaluation, TrainConfig, TrainOutcome, train_prompt
@@ -36,6 +36,7 @@ class SoftPromptMethod(Method):
     (`build_prompt`, from `initial_prompt`), trains it (`train_module`) and folds it into an artifact."""
 
     Config = SoftPromptConfig
+    generative = True  # trains on generative tasks too (the target text's NLL)
 
     def initial_prompt(self, backbone, seed: int) -> torch.Tensor:
         cfg: SoftPromptConfig = self.config  # type: ignore[assignment]
@@ -78,27 +79,24 @@ class SoftPromptMethod(Method):
 
     def train_module(
         self, ctx: RunContext, prompt: torch.nn.Module, cfg: TrainConfig, examples=None,
-        extra_loss: Callable[[list[list[int]], torch.Tensor], torch.Tensor] | None = None,
-        checkpoint: str = CHECKPOINT,
+        teacher: Any = None, distill: float = 0.0, temperature: float = 1.0, checkpoint: str = CHECKPOINT,
     ) -> TrainOutcome:
-        """Train `prompt` with cross-entropy on `examples` (default: the task's k-shot train set),
-        plus `extra_loss(token_ids, scores)` when given, selecting on dev. Each phase of a
-        multi-phase method passes its own `checkpoint` file name, so each resumes on its own."""
-        bb = ctx.backbone
-        train = encode(bb, ctx.task, ctx.data.train if examples is None else examples)
-        dev = encode(bb, ctx.task, ctx.data.dev)
+        """Train `prompt` on `examples` (default: the task's k-shot train set) with the task's objective
+        (cross-entropy over label words, or the target text's NLL), plus a distillation term towards a
+        `teacher` prompt when `distill` > 0, selecting on dev. Each phase of a multi-phase method passes
+        its own `checkpoint` file name, so each resumes on its own."""
+        objective = ctx.objective or objective_for(ctx.backbone, ctx.task)
+        train = objective.encode(ctx.data.train if examples is None else examples)
+        dev = objective.encode(ctx.data.dev)
 
         def loss_fn(indices):
-            ids, golds = train.subset(indices)
-            scores = bb.score(ids, ctx.labels, self.prompt_input(prompt))
-            loss = F.cross_entropy(scores, golds.to(scores.device))
-            return loss if extra_loss is None else loss + extra_loss(ids, scores)
+            return objective.loss(train, indices, self.prompt_input(prompt), teacher=teacher, distill=distill,
+                                  temperature=temperature)
 
         def eval_fn() -> Evaluation:
             with torch.no_grad():
                 vectors = self.prompt_input(prompt)
-            result = evaluate_encoded(bb, ctx.labels, dev, vectors)
-            return Evaluation(result.accuracy, result.loss)
+            return objective.evaluate(dev, vectors)
 
         return train_prompt(
             prompt, loss_fn, eval_fn, len(train), cfg, ctx.seed, ctx.out_dir, resume=ctx.resume,

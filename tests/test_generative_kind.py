@@ -1,0 +1,79 @@
+"""Generative tasks through the one run pipeline: the kind is chosen from the task, methods that cannot
+learn text answers are refused before anything is written, and an artifact's numbers are reproduced by
+`evaluate_artifact`, `load(...).generate` and `predict`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import prompttune
+from prompttune.api import evaluate_artifact
+from prompttune.api import predict as api_predict
+from prompttune.errors import ConfigError
+
+TASK = "ii:singular_to_plural"
+TINY = {"shots": 8, "dev_shots": 8, "eval_limit": 12, "steps": 4, "n_tokens": 4, "seed": 0, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def artifact(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "pt"
+    report = prompttune.train("prompt-tuning", task=TASK, data_dir=data_dir, out=out, **TINY)
+    return out, report
+
+
+def test_generative_artifact_records_its_task_and_metrics(artifact):
+    out, report = artifact
+    meta = json.loads((out / "prompt.json").read_text())
+    assert meta["kind"] == "generation" and meta["primary_metric"] == "exact_match" == report.primary_metric
+    assert meta["task"]["target"] == " {output}" and "verbalizer" not in meta["task"]
+    assert meta["task"]["generation"] == {"max_new_tokens": 16, "stop": ["\n"]}
+    assert meta["metrics"]["eval"]["split"] == "test" and meta["metrics"]["eval"]["n"] == 12
+    assert {"exact_match", "nll"} <= set(meta["metrics"]["dev"])
+    assert report.score == meta["metrics"]["eval"]["exact_match"]
+
+
+def test_evaluate_load_and_predict_reproduce_the_train_time_figures(artifact, data_dir):
+    out, report = artifact
+    again = evaluate_artifact(out, data_dir=data_dir, limit=12)
+    assert again.split == "test" and again.n == 12
+    assert again.metrics == pytest.approx({k: report.test.metrics[k] for k in again.metrics})
+    assert again.nll == pytest.approx(report.test.nll, abs=1e-5)
+    assert again.predictions == report.test.predictions
+    assert again.line().startswith("exact_match=") and again.line().split()[-1].startswith("examples_per_s=")
+    predictor = prompttune.load(out)
+    words = ["cat", "box", "child"]
+    answers = predictor.generate(words)
+    assert answers == [predictor.generate(w) for w in words]  # one at a time = batched
+    assert all("\n" not in a for a in answers)
+    assert [a for a, probs in api_predict(out, words)] == answers
+    assert all(probs == {} for _, probs in api_predict(out, words[:1]))
+
+
+@pytest.mark.parametrize("method", ["pez", "apo", "prompt-boosting"])
+def test_methods_that_need_labels_are_refused_before_anything_is_written(method, data_dir, tmp_path):
+    with pytest.raises(ConfigError, match=rf"method '{method}' cannot learn a prompt for generative task '{TASK}'"):
+        prompttune.train(method, task=TASK, data_dir=data_dir, out=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_generative_task_on_an_encoder_is_refused(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="needs a causal LM"):
+        prompttune.train("zero-shot", model="minilm-l6", task=TASK, data_dir=data_dir, out=tmp_path / "x",
+                         progress=False)
+    with pytest.raises(ConfigError, match="fine-tune-head.*linear classifier"):
+        prompttune.train("fine-tune-head", model="minilm-l6", task=TASK, data_dir=data_dir, out=tmp_path / "y",
+                         progress=False)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_transfer_between_generative_tasks_with_distillation(artifact, data_dir, tmp_path):
+    """prompt-transfer from one generative task to another, with PANDA's distillation term (KL over the vocabulary
+    at the target positions), trains and writes a generative artifact."""
+    out, _ = artifact
+    report = prompttune.train("prompt-transfer", task="ii:antonyms", data_dir=data_dir, out=tmp_path / "t",
+                              source=str(out), distill=0.5, **{k: v for k, v in TINY.items() if k != "n_tokens"})
+    assert report.meta["kind"] == "generation" and report.meta["info"]["source"] == str(out.resolve())
+    assert all(h["loss"] == h["loss"] for h in report.meta["history"] if "loss" in h)  # finite, not NaN
