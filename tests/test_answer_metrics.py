@@ -7,8 +7,8 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from prompttune.errors import ConfigError
+from prompttune.llm.judge import judge_prompt, parse_score
 from prompttune.tasks.answer_metrics import get_metric, metric_label, metric_names, normalize
-from prompttune.tasks.judge import judge_prompt, parse_score
 
 
 def same_first_letter(prediction: str, answers: list[str]) -> float:

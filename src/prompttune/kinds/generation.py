@@ -14,36 +14,14 @@ from typing import Any
 import torch
 
 from ..artifact import check_tensors, field_of
-from ..errors import ArtifactError, ConfigError, PromptTuneError
+from ..errors import ArtifactError, ConfigError
 from ..generative import GenerationResult, GenerativePredictor, evaluate_generation
-from ..methods.base import RunContext, available_methods
+from ..methods.base import RunContext, generative_methods
 from ..models import CausalLMBackbone
 from ..objectives import GenerationObjective
-from ..tasks import Task
+from ..tasks import Task, task_is_generative
 from .base import Kind, Prepared
 from .text import EvalPlan, TextKind
-
-
-def task_is_generative(task: Any) -> bool:
-    """Whether `task` (a Task, a built-in name or a task file) has a text answer; a task that cannot be
-    read here is not (loading it will say why)."""
-    if isinstance(task, Task):
-        return task.is_generative
-    if not isinstance(task, (str, Path)):
-        return False
-    from ..tasks.builtin_generative import is_family_name
-    from ..tasks.task import load_spec
-
-    if is_family_name(str(task)):
-        return True
-    try:
-        return load_spec(str(task))[0].is_generative
-    except PromptTuneError:
-        return False
-
-
-def generative_methods() -> list[str]:
-    return [name for name, cls in available_methods().items() if cls.generative]
 
 
 class GenerationKind(TextKind):

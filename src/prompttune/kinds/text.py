@@ -12,10 +12,10 @@ import torch
 from ..artifact import Predictor, check_tensors, field_of, prompt_from_tensors, task_meta
 from ..errors import ArtifactError, ConfigError, DataError
 from ..evaluation import EvalResult, evaluate_prompt
-from ..methods.base import RunContext
+from ..methods.base import RunContext, generative_methods
 from ..models import BACKBONE_TYPES, load_backbone
 from ..objectives import ClassificationObjective
-from ..tasks import Example, Task, load_task
+from ..tasks import Example, Task, load_task, task_is_generative
 from .base import Kind, Prepared
 
 
@@ -48,13 +48,9 @@ class TextKind(Kind):
     backbone_kinds = ("causal-lm", "encoder")
 
     def accepts(self, model: Any, task: Any) -> bool:
-        from .generation import task_is_generative
-
         return not task_is_generative(task) and super().accepts(model, task)
 
     def check_method(self, method: str, method_cls: Any, task: Any, model: Any = None) -> None:
-        from .generation import generative_methods, task_is_generative
-
         if task_is_generative(task) and method_cls.generative:  # then only the model is wrong for it
             raise ConfigError(f"task '{task}' is generative (its answer is text): it needs a causal LM, which "
                               f"model '{model}' is not")

@@ -50,5 +50,7 @@ def make_llm(
     return LLM(backend, store, max_calls, max_tokens, max_concurrency, ledger_path)
 
 
+from . import judge  # noqa: E402, F401  (registers the llm_judge metric; it uses make_llm above)
+
 __all__ = ["LLM", "ChatRequest", "Completion", "LLMBudgetExhausted", "LLMError", "LocalChatBackend",
            "OpenAIBackend", "ResponseCache", "make_llm"]

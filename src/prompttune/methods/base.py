@@ -148,3 +148,8 @@ def get_method(name: str) -> type[Method]:
 
 def available_methods() -> dict[str, type[Method]]:
     return dict(sorted(_REGISTRY.items()))
+
+
+def generative_methods() -> list[str]:
+    """The methods that learn prompts for generative tasks."""
+    return [name for name, cls in available_methods().items() if cls.generative]

@@ -9,16 +9,26 @@ classification batch between two generated tokens (`Engine._between_steps`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from transformers import StoppingCriteria, TextStreamer
 
 from .scheduler import Work
 
-if TYPE_CHECKING:
-    from .engine import Engine
+
+class Engine(Protocol):
+    """What the criteria use of `engine.Engine` (a protocol, so this module does not import the engine)."""
+
+    backbone: Any
+    queue: Any
+    _closing: threading.Event
+
+    def _between_steps(self) -> None: ...
+
+    def _drop(self, work: Work) -> None: ...
 
 STOP_WINDOW_SLACK = 4  # tokens decoded beyond a stop string's length when looking for it in a row's tail
 

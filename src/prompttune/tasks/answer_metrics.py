@@ -229,6 +229,3 @@ def _sacrebleu():
     except ImportError:
         raise ConfigError("metrics 'chrf' and 'bleu' need sacrebleu: pip install 'prompttune[generation]'") from None
     return sacrebleu
-
-
-from . import judge  # noqa: E402, F401  (registers llm_judge; it needs the registry above)

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, PromptTuneError
 from .answer_metrics import Metric, get_metric
 from .builtin_generative import builtin_task_families, family_spec, is_family_name
 from .examples import Example, examples_of
@@ -223,3 +223,18 @@ def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
         n_test = int(len(pool) * spec.test_fraction)
         splits["test"], splits["train"] = pool[:n_test], pool[n_test:]
     return Task(spec, splits, origin, files)
+
+
+def task_is_generative(task: Any) -> bool:
+    """Whether `task` (a Task, a built-in name or a task file) has a text answer; a task that cannot be
+    read here is not (loading it will say why)."""
+    if isinstance(task, Task):
+        return task.is_generative
+    if not isinstance(task, (str, Path)):
+        return False
+    if is_family_name(str(task)):
+        return True
+    try:
+        return load_spec(str(task))[0].is_generative
+    except PromptTuneError:
+        return False

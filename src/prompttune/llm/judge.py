@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .answer_metrics import register_metric_factory
+from ..tasks.answer_metrics import register_metric_factory
+from .cache import ResponseCache
 
 _INTEGER = re.compile(r"(?<![\w.-])\d+(?!\w)")  # "7", "7/10", "Score: 7." but not the 4 of "gpt4" or "-4"
 
@@ -90,7 +91,7 @@ class LLMJudge:
 
 def _make_client(model: str, base_url: str | None, api_key_env: str, cache: Any) -> Any:
     """An LLM for the judge; `cache` is "default", a path, None, or a ResponseCache to share."""
-    from ..llm import ResponseCache, make_llm  # noqa: PLC0415 (loads torch; only when a judge first judges)
+    from . import make_llm  # noqa: PLC0415 (the package's factory; it is defined after this module loads)
 
     if isinstance(cache, ResponseCache):
         llm = make_llm(model, base_url=base_url, api_key_env=api_key_env, cache=None)
