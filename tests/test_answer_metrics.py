@@ -115,3 +115,17 @@ def test_llm_judge_makes_one_counted_call_to_a_local_chat_model(backbone):
     assert isinstance(score, float) and 0.0 <= score <= 1.0
     assert llm.calls == 1 and llm.ledger[0]["purpose"] == "llm_judge"
     assert judge.unparsable in (0, 1) and (judge.unparsable == 0 or score == 0.0)
+
+
+def test_regex_answers_are_patterns_stripped_like_the_prediction():
+    regex = get_metric("regex")
+    assert regex("cats", [" cats"]) == 1.0 and regex(" c+ats\n", [" c\\+ats"]) == 1.0
+    assert regex("dogs", [" cats"]) == 0.0
+
+
+def test_a_metric_with_long_or_spaced_options_gets_a_short_label_that_fits_key_value_lines():
+    rubric = "Is the answer a correct, fluent plural?"
+    label = metric_label("llm_judge", {"rubric": rubric, "base_url": "http://x/v1"})
+    assert label.startswith("llm_judge(") and " " not in label and "," not in label
+    assert len(label) == len("llm_judge") + 10  # name(8 hex)
+    assert label == metric_label("llm_judge", {"base_url": "http://x/v1", "rubric": rubric})

@@ -77,3 +77,41 @@ def test_transfer_between_generative_tasks_with_distillation(artifact, data_dir,
                               source=str(out), distill=0.5, **{k: v for k, v in TINY.items() if k != "n_tokens"})
     assert report.meta["kind"] == "generation" and report.meta["info"]["source"] == str(out.resolve())
     assert all(h["loss"] == h["loss"] for h in report.meta["history"] if "loss" in h)  # finite, not NaN
+
+
+def test_a_generative_artifact_is_not_scored_on_a_classification_task(artifact, data_dir):
+    out, _ = artifact
+    with pytest.raises(ConfigError, match="task 'sst2' is a classification task; this artifact's prompt was learned "
+                                          "for a generative task"):
+        evaluate_artifact(out, task="sst2", data_dir=data_dir, limit=4)
+
+
+def test_predict_takes_one_input_or_a_list(artifact):
+    out, _ = artifact
+    predictor = prompttune.load(out)
+    assert predictor.predict("cat") == predictor.predict(["cat"]) == [predictor.generate("cat")]
+
+
+def test_applying_an_artifact_never_binds_its_metrics():
+    """A recorded metric that cannot be bound here (a user module that is not installed) fails only when scoring."""
+    from prompttune.generative import GenerationSetup
+
+    setup = GenerationSetup.of_meta({"template": "Input: {input}\nOutput:", "input_fields": ["input"],
+                                     "metric": [{"name": "python:not_installed_mod:fn", "options": {}}],
+                                     "generation": {"max_new_tokens": 4, "stop": ["\n"]}}, "prompt.json")
+    assert setup.primary == "python:not_installed_mod:fn"
+    with pytest.raises(ConfigError, match="does not import"):
+        setup.metrics[0][1]("cats", [" cats"])
+
+
+def test_classification_run_identity_is_unchanged_by_the_generative_fields(data_dir):
+    """Runs started before the schema gained target/metric/generation still --resume: a classification task's
+    identity leaves the new fields out while they are unset (and keeps keep_rows_with once it is set)."""
+    from prompttune.kinds.text import task_identity
+    from prompttune.tasks import load_task
+
+    spec = load_task("sst2", data_dir).spec
+    new_fields = {"target", "metric", "generation", "dev_metric", "keep_rows_with", "also_accept"}
+    assert not new_fields & set(task_identity(spec))
+    kept = spec.model_copy(update={"keep_rows_with": ["sentence"]})
+    assert task_identity(kept)["keep_rows_with"] == ["sentence"]

@@ -48,11 +48,24 @@ class GenerationSetup:
         metrics = []
         for entry in task_meta.get("metric") or []:
             name, options = metric_entry(entry, where)
-            metrics.append((metric_label(name, options), get_metric(name, **options)))
+            metrics.append((metric_label(name, options), _Deferred(name, options)))
         if not metrics:
             raise ArtifactError(f"{where}: field 'task.metric' must name at least one metric")
         return cls(task_meta["template"], list(task_meta["input_fields"]), metrics,
                    int(gen.get("max_new_tokens", 32)), list(gen.get("stop", [])))
+
+
+class _Deferred:
+    """A recorded metric bound on first use: applying an artifact never needs its metrics (nor their
+    libraries, nor a user's `python:` module); scoring does."""
+
+    def __init__(self, name: str, options: dict[str, Any]):
+        self.name, self.options, self.fn = name, options, None
+
+    def __call__(self, prediction: str, answers: Sequence[str]) -> float:
+        if self.fn is None:
+            self.fn = get_metric(self.name, **self.options)
+        return self.fn(prediction, answers)
 
 
 def metric_entry(entry: Any, where: str) -> tuple[str, dict[str, Any]]:
@@ -226,8 +239,9 @@ class GenerativePredictor:
         out = generate_answers(self.backbone, self.setup, items, self.prompt, batch_size, max_new_tokens, stop)
         return out[0] if single else out
 
-    def predict(self, inputs: Sequence[str | Mapping[str, Any]]) -> list[str]:
-        return self.generate(list(inputs))
+    def predict(self, inputs: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]]) -> list[str]:
+        """The answers, always a list (one input is a list of one)."""
+        return self.generate([inputs] if isinstance(inputs, (str, Mapping)) else list(inputs))
 
     def score(self, outputs: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
         """The artifact's metrics of `outputs` against the acceptable `answers`."""

@@ -268,11 +268,12 @@ def _check_kinds(methods: list[MethodSpec], tasks: list[str], models: list[str],
             raise where.error(("methods", i), f"method '{m.name}' needs a {kind_name} task; task(s) {', '.join(bad)} "
                               f"are not of kind '{kind_name}' (put methods of different kinds in separate grids)")
         for j, t in enumerate(tasks):
-            for kind in chosen[(i, j)]:
-                try:
-                    kind.check_method(m.name, get_method(m.name), t)
-                except PromptTuneError as exc:
-                    raise where.error(("methods", i), str(exc)) from None
+            for model in models:
+                for kind in chosen[(i, j)]:
+                    try:
+                        kind.check_method(m.name, get_method(m.name), t, model)
+                    except PromptTuneError as exc:
+                        raise where.error(("methods", i), str(exc)) from None
 
 
 def load_grid(path: str | Path) -> Grid:

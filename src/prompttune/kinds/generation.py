@@ -28,13 +28,15 @@ class GenerationKind(TextKind):
     name = "generation"
     backbone_kinds = ("causal-lm",)
     engine_group = "text"
+    generates = True
 
     def accepts(self, model: Any, task: Any) -> bool:
         return task_is_generative(task) and Kind.accepts(self, model, task)  # not TextKind's: it refuses these
 
     def check_method(self, method: str, method_cls: Any, task: Any, model: Any = None) -> None:
         if not method_cls.generative:
-            raise ConfigError(f"method '{method}' cannot learn a prompt for generative task '{task}': "
+            raise ConfigError(f"method '{method}' cannot learn a prompt for generative task "
+                              f"'{getattr(task, 'name', task)}': "
                               f"{method_cls.not_generative_because} (methods that can: "
                               f"{', '.join(generative_methods())})")
 

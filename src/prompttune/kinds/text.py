@@ -33,29 +33,35 @@ def held_out(task: Task, split: str, used: list[Example], limit: int | None) -> 
     return examples[:limit] if limit else examples
 
 
-# Fields the task schema gained for generative tasks: a classification task's identity leaves them out, so runs
-# started before they existed still --resume.
+# Fields the task schema gained with generative tasks: a classification task's identity leaves them out while
+# they are unset, so runs started before they existed still --resume.
 _GENERATIVE_FIELDS = {"target", "also_accept", "metric", "generation", "dev_metric", "keep_rows_with"}
 
 
 def task_identity(spec: Any) -> dict[str, Any]:
     """What of a task's spec enters the run fingerprint."""
-    return spec.model_dump(exclude=None if spec.is_generative else _GENERATIVE_FIELDS)
+    if spec.is_generative:
+        return spec.model_dump()
+    unset = {f for f in _GENERATIVE_FIELDS
+             if getattr(spec, f) == type(spec).model_fields[f].get_default(call_default_factory=True)}
+    return spec.model_dump(exclude=unset)
 
 
 class TextKind(Kind):
     name = "text"
     backbone_kinds = ("causal-lm", "encoder")
+    generates = False  # whether its tasks' answers are text (the generation kind) or labels
 
     def accepts(self, model: Any, task: Any) -> bool:
         return not task_is_generative(task) and super().accepts(model, task)
 
     def check_method(self, method: str, method_cls: Any, task: Any, model: Any = None) -> None:
         if task_is_generative(task) and method_cls.generative:  # then only the model is wrong for it
-            raise ConfigError(f"task '{task}' is generative (its answer is text): it needs a causal LM, which "
-                              f"model '{model}' is not")
+            raise ConfigError(f"task '{getattr(task, 'name', task)}' is generative (its answer is text): it needs "
+                              f"a causal LM, which model '{model}' is not")
         if task_is_generative(task):
-            raise ConfigError(f"method '{method}' cannot learn a prompt for generative task '{task}': "
+            raise ConfigError(f"method '{method}' cannot learn a prompt for generative task "
+                              f"'{getattr(task, 'name', task)}': "
                               f"{method_cls.not_generative_because} (methods that can: "
                               f"{', '.join(generative_methods())})")
 
@@ -147,6 +153,11 @@ class TextKind(Kind):
         split and limit the numbers equal the train-time held-out ones."""
         task_obj = task if isinstance(task, Task) else load_task(
             task or meta["task"].get("source", meta["task"]["name"]), data_dir)
+        if task_obj.is_generative != self.generates:
+            have, want = ("generative", "classification") if task_obj.is_generative else ("classification",
+                                                                                        "generative")
+            raise ConfigError(f"task '{task_obj.name}' is a {have} task; this artifact's prompt was learned for a "
+                              f"{want} task and is scored on one")
         split_name = split or task_obj.eval_split_name
         used = _drawn_for_training(path, meta, task_obj, data_dir)
         taken = {ex.origin for ex in used}

@@ -129,8 +129,11 @@ def resolve_prompt(backbone, token_ids: Sequence[Sequence[int]], prompt) -> Reso
         out = ResolvedPrompt(soft=prompt.embeddings, delta=prompt.input_delta)
     elif torch.is_tensor(prompt):
         out = ResolvedPrompt(soft=prompt)
-    else:
+    elif isinstance(prompt, (list, tuple)):
         out = ResolvedPrompt(prefix=prompt)
+    else:
+        raise ModelError(f"a prompt the backbone applies is embeddings, a DeltaPrompt, per-layer (keys, values) or a "
+                         f"module with for_inputs, not a {type(prompt).__name__} (a text prompt renders the inputs)")
     if out.per_example and out.soft.shape[0] != len(token_ids):
         raise ModelError(f"per-example prompts: {out.soft.shape[0]} prompts for {len(token_ids)} examples")
     return out

@@ -5,6 +5,7 @@ greedy generations (target NLL breaks ties), or by the NLL alone (`dev_metric: n
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +39,17 @@ class GenerationObjective(Objective):
     def __init__(self, backbone: Any, task: Any):
         super().__init__(backbone, task)
         self.setup = GenerationSetup.of_task(task)
-        self.dev_metric = _dev_metric(getattr(task.spec, "dev_metric", None), self.setup)
+        self.dev_metric = task.spec.dev_metric or self.setup.primary  # "nll", or a metric's report name
 
     def encode(self, examples: Sequence[Any]) -> EncodedTargets:
         items = [dict(ex.fields) for ex in examples]
         ids = self.backbone.tokenize([self.task.render(ex) for ex in examples])
-        targets = [target_ids(self.backbone, ex.answers[0], self.setup.stop) for ex in examples]
+        texts = [self.task.target_text(ex) for ex in examples]
+        inside = sum(any(stop in text for stop in self.setup.stop) for text in texts)
+        if inside:  # the model would learn to write the stop string mid-answer, and generation cuts there
+            warnings.warn(f"task '{self.task.name}': {inside} of {len(texts)} targets contain a stop string "
+                          f"{self.setup.stop}; their answers are cut there when generated", UserWarning, stacklevel=3)
+        targets = [target_ids(self.backbone, text, self.setup.stop) for text in texts]
         return EncodedTargets(ids, targets, items, [tuple(ex.answers) for ex in examples])
 
     def loss(self, data: EncodedTargets, indices: Sequence[int], prompt: Any, reduction: str = "mean",
@@ -82,16 +88,3 @@ class GenerationObjective(Objective):
             return Evaluation(math.exp(-nll), nll)
         outputs = generate_answers(self.backbone, self.setup, data.items, prompt)
         return Evaluation(score_outputs(self.setup, outputs, data.answers)[self.dev_metric], nll)
-
-
-def _dev_metric(name: str | None, setup: GenerationSetup) -> str:
-    """The figure dev selection reads: "nll", or the report name of the task's metric called `name` (default:
-    the primary one)."""
-    if name is None:
-        return setup.primary
-    if name == "nll":
-        return name
-    for label, _ in setup.metrics:
-        if name in (label, label.split("(")[0]):
-            return label
-    return setup.primary

@@ -53,7 +53,7 @@ class CompletionBody(_Body):
     model: str
     prompt: str | list[str]
     max_tokens: int | None = Field(None, ge=1)  # default: 16, or a generative artifact's answer length
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)  # default: see ServedPrompt.default_temperature
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
@@ -71,7 +71,7 @@ class ChatBody(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)  # default: see ServedPrompt.default_temperature
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
     seed: int | None = Field(None, ge=0, le=SEED_MAX)
@@ -318,6 +318,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
             raise APIError(400, f"prompt: give 1 to {max_inputs} prompts", "invalid_prompt")
         prompt = served(body.model)
         max_tokens = token_limit(body.max_tokens, prompt.default_max_tokens(16))
+        body.temperature = prompt.default_temperature() if body.temperature is None else body.temperature
         texts = generation_inputs(body.model, prompts, not body.raw and prompt.predictor is not None, body.n)
         cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
@@ -342,6 +343,7 @@ def create_app(engine: Engine, api_key: str | None = None, max_body_bytes: int =
     async def chat(body: ChatBody, request: Request):
         prompt = served(body.model)
         max_tokens = token_limit(body.max_completion_tokens or body.max_tokens, prompt.default_max_tokens(128))
+        body.temperature = prompt.default_temperature() if body.temperature is None else body.temperature
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content or ""}
                     for m in body.messages]
         if prompt.predictor is None:

@@ -70,6 +70,11 @@ class ServedPrompt:
         """A request's max_tokens when it gives none: a generative artifact's recorded answer length."""
         return self.predictor.max_new_tokens if self.generative else fallback
 
+    def default_temperature(self) -> float:
+        """A request's temperature when it gives none: greedy for a generative artifact (as it was scored and
+        as `load(dir).generate` answers), OpenAI's 1.0 otherwise."""
+        return 0.0 if self.generative else 1.0
+
     def why_not_classify(self) -> str | None:
         """Why /v1/classify cannot answer for this name (None when it can)."""
         if self.predictor is None:

@@ -11,6 +11,7 @@ ROUGE, chrF and BLEU come from `rouge-score` and `sacrebleu`, JSON Schema from `
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -60,8 +61,16 @@ def metric_label(name: str, options: dict[str, Any]) -> str:
     """How a metric is named in reports: its name, with its options when it has any (sorted, `k=v` joined by
     commas; a `client` given at bind time is not an option of the task and is left out):
     "exact_match", "exact_match(lower=False)"."""
-    shown = [f"{k}={v}" for k, v in sorted(options.items()) if k != "client"]
-    return f"{name}({','.join(shown)})" if shown else name
+    shown = {k: v for k, v in sorted(options.items()) if k != "client"}
+    if not shown:
+        return name
+    simple = all(isinstance(v, (bool, int, float)) or (isinstance(v, str) and re.fullmatch(r"[\w.:/-]{1,32}", v))
+                 for v in shown.values())
+    if simple:
+        return f"{name}({','.join(f'{k}={v}' for k, v in shown.items())})"
+    # long or spaced options (a rubric, a schema) would break `key=value` lines: a short hash names them
+    digest = hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{name}({digest})"
 
 
 def get_metric(name: str, **options: Any) -> Metric:
@@ -92,7 +101,7 @@ def _python_metric(spec: str) -> Metric:
         raise ConfigError(f"metric '{spec}': expected python:module:function")
     try:
         fn = getattr(importlib.import_module(module), function)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a user module may fail to import in any way: one line, not a trace
         raise ConfigError(f"metric '{spec}' does not import ({type(exc).__name__}: {exc})") from None
     if not callable(fn):
         raise ConfigError(f"metric '{spec}': {module}.{function} is not callable")
@@ -184,11 +193,11 @@ def numeric(prediction: str, answers: Sequence[str], tolerance: float = 1e-6) ->
 
 @register_metric("regex")
 def regex(prediction: str, answers: Sequence[str], pattern: str | None = None) -> float:
-    """1 when the stripped prediction fully matches `pattern`, or, without one, one of the answers read as
-    a pattern."""
+    """1 when the stripped prediction fully matches `pattern`, or, without one, one of the (stripped) answers
+    read as a pattern."""
     patterns = [pattern] if pattern is not None else list(answers)
     try:
-        return float(any(re.fullmatch(p, prediction.strip()) for p in patterns))
+        return float(any(re.fullmatch(p.strip(), prediction.strip()) for p in patterns))
     except re.error as exc:
         raise ConfigError(f"metric 'regex': bad pattern ({exc})") from None
 
