@@ -29,6 +29,8 @@ class GenerationKind(TextKind):
     backbone_kinds = ("causal-lm",)
     engine_group = "text"
     generates = True
+    predictor_class = GenerativePredictor
+    carries = "template and metrics"
 
     def accepts(self, model: Any, task: Any) -> bool:
         return task_is_generative(task) and Kind.accepts(self, model, task)  # not TextKind's: it refuses these
@@ -97,13 +99,6 @@ class GenerationKind(TextKind):
         stop = field_of(meta, "task.generation.stop", list, where)
         if not all(isinstance(s, str) and s for s in stop):
             raise ArtifactError(f"{where}: field 'task.generation.stop' must be a list of non-empty strings")
-
-    def predictor(self, backbone: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str,
-                  task: Any = None) -> GenerativePredictor:
-        if task is not None:
-            raise ConfigError(f"{where}: a generative prompt carries its own template and metrics; `task` applies "
-                              "to image artifacts only (to score it on another task, use evaluate_artifact)")
-        return GenerativePredictor(backbone, meta, tensors, where)
 
     def answer(self, predictor: Any, inputs: list[Any]) -> list[tuple[str, dict[str, float]]]:
         return [(text, {}) for text in predictor.generate(list(inputs))]

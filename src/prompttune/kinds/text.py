@@ -51,6 +51,8 @@ class TextKind(Kind):
     name = "text"
     backbone_kinds = ("causal-lm", "encoder")
     generates = False  # whether its tasks' answers are text (the generation kind) or labels
+    predictor_class: type = Predictor  # what applies its artifacts
+    carries = "template and labels"  # what an artifact of this kind brings along (for the `task` refusal)
 
     def accepts(self, model: Any, task: Any) -> bool:
         return not task_is_generative(task) and super().accepts(model, task)
@@ -140,11 +142,11 @@ class TextKind(Kind):
                                     f"of words, not {words!r:.60}")
 
     def predictor(self, backbone: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str,
-                  task: Any = None) -> Predictor:
+                  task: Any = None) -> Any:
         if task is not None:
-            raise ConfigError(f"{where}: a text prompt carries its own template and labels; `task` applies to image "
+            raise ConfigError(f"{where}: a text prompt carries its own {self.carries}; `task` applies to image "
                               "artifacts only (to score it on another task, use evaluate_artifact)")
-        return Predictor(backbone, meta, tensors, where)
+        return self.predictor_class(backbone, meta, tensors, where)
 
     def eval_plan(self, path: Path, meta: dict[str, Any], task: Any, data_dir: str | Path | None,
                   split: str | None, limit: int | None) -> tuple[Task, EvalPlan]:

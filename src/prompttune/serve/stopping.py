@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import torch
 from transformers import StoppingCriteria, TextStreamer
 
+from ..models.causal_lm import cut_at_stop
 from .scheduler import Work
 
 
@@ -35,8 +36,8 @@ STOP_WINDOW_SLACK = 4  # tokens decoded beyond a stop string's length when looki
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """`text` up to the first occurrence of any of `stops`, and whether one was found."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return (text[: min(found)], True) if found else (text, False)
+    cut = cut_at_stop(text, stops)
+    return cut, len(cut) < len(text)  # stop strings are never empty: a cut always shortens
 
 
 class Interrupt(StoppingCriteria):
