@@ -500,3 +500,28 @@ def test_a_database_from_before_metric_names_is_migrated_on_open(tmp_path):
     report = build_report(db)
     assert report.metrics == {"sst2": "accuracy", "fashion": "hm"}
     assert "fashion (hm)" in report.markdown_table()
+
+
+def test_the_report_shows_the_metric_against_the_budget_spent(tmp_path):
+    """Forward passes, optimiser-LLM calls and tokens: each row's mean in every table, "-" where a method spends
+    none, and the metric plotted against forward passes and LLM tokens."""
+    db = tmp_path / "budget.db"
+    ResultStore(db).close()
+    rows = (("a", 0, "zero-shot", 0.1, None, None, None), ("b", 0, "evolution", 0.3, 1200, None, None),
+            ("c", 0, "ape", 0.4, 800, 12, 3000), ("d", 1, "ape", 0.5, 900, 14, 3400))
+    with closing(sqlite3.connect(db)) as conn, conn:
+        for key, seed, label, score, queries, calls, tokens in rows:
+            conn.execute("INSERT INTO runs (key, status, model, task, shots, seed, method, label, config, metric, "
+                         "accuracy, metrics, trainable_parameters, wall_seconds, queries, llm_calls, llm_tokens) "
+                         "VALUES (?, 'done', 'm', 'ii:antonyms', 8, ?, ?, ?, '{}', 'exact_match', ?, '{}', 0, 1.0, "
+                         "?, ?, ?)", (key, seed, label, label, score, queries, calls, tokens))
+    report = build_report(db)
+    assert report.budget["ape"] == {"queries": 850, "llm_calls": 13, "llm_tokens": 3200}
+    assert report.budget["evolution"] == {"queries": 1200, "llm_calls": None, "llm_tokens": None}
+    assert report.budget["zero-shot"] == {"queries": None, "llm_calls": None, "llm_tokens": None}
+    md = write_report(report, tmp_path / "report")["markdown"].read_text()
+    assert "| trainable params | s / run | forward passes | LLM calls | LLM tokens |" in md
+    assert "| 0 | 1.0 | 850 | 13 | 3,200 |" in md and "| 0 | 1.0 | - | - | - |" in md
+    assert "<th>forward passes</th>" in (tmp_path / "report/report.html").read_text()
+    for plot in ("metric_vs_queries", "metric_vs_llm_tokens"):
+        assert (tmp_path / f"report/{plot}.png").stat().st_size > 5000

@@ -261,10 +261,13 @@ class Predictor:
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # tensors or text_prompt that do not fit
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ArtifactError(f"{where}: its {meta['prompt_kind']} prompt cannot be rebuilt ({first})") from None
-        self.boosted = None
+        self.boosted = self.renderer = None
         from .prompts.hard import BoostedPrompts, HardPrompt
+        from .prompts.knn import renders_own_inputs
 
-        if isinstance(self.prompt, HardPrompt):  # a text prompt is its template (and maybe its words)
+        if renders_own_inputs(self.prompt):  # e.g. kNN demonstrations: each input gets its own text
+            self.renderer, self.prompt = self.prompt.bind(backbone), None
+        elif isinstance(self.prompt, HardPrompt):  # a text prompt is its template (and maybe its words)
             self.template = self.prompt.template
             words = [[w] for w in self.prompt.words] if self.prompt.words else words
             self.prompt = None
@@ -273,6 +276,16 @@ class Predictor:
         self.label_words = backbone.label_words(words, self.labels)
 
     def render(self, item: str | Mapping[str, str]) -> str:
+        return self.render_many([item])[0]
+
+    def render_many(self, items: Sequence[str | Mapping[str, str]]) -> list[str]:
+        """The model's input for each item: through the template, or the prompt's own rendering."""
+        fields = [self._fields(x) for x in items]
+        if self.renderer is not None:
+            return self.renderer.render_many(fields)
+        return [self.template.format_map(f) for f in fields]
+
+    def _fields(self, item: str | Mapping[str, str]) -> dict[str, str]:
         if isinstance(item, str):
             if len(self.input_fields) != 1:
                 raise ConfigError(
@@ -282,7 +295,7 @@ class Predictor:
         missing = [f for f in self.input_fields if f not in item]
         if missing:
             raise ConfigError(f"input lacks field(s) {', '.join(missing)} needed by the template")
-        return self.template.format_map(dict(item))
+        return dict(item)
 
     @torch.inference_mode()
     def scores(self, inputs: Sequence[str | Mapping[str, str]], batch_size: int = 32) -> torch.Tensor:
@@ -292,7 +305,7 @@ class Predictor:
             return self.boosted.scores(self.backbone, lambda t, item: t.format_map(dict(item)), items, len(self.labels))
         out = []
         for i in range(0, len(inputs), batch_size):
-            ids = self.backbone.tokenize([self.render(x) for x in inputs[i : i + batch_size]])
+            ids = self.backbone.tokenize(self.render_many(inputs[i : i + batch_size]))
             out.append(torch.log_softmax(self.backbone.score(ids, self.label_words, self.prompt).float(), -1).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 

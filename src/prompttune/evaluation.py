@@ -106,8 +106,12 @@ def evaluate_prompt(
 ) -> EvalResult:
     """Any prompt on `examples`: text prompts render the inputs with their own template (and words)."""
     from .prompts.hard import BoostedPrompts, HardPrompt
+    from .prompts.knn import renders_own_inputs
 
     golds = torch.tensor([task.label_index(ex) for ex in examples], dtype=torch.long)
+    if renders_own_inputs(prompt):  # each input its own text (kNN demonstrations), the task's label words
+        ids = backbone.tokenize(prompt.bind(backbone).render_many([ex.fields for ex in examples]))
+        return evaluate_encoded(backbone, labels, EncodedExamples(ids, golds), None, batch_size)
     if isinstance(prompt, HardPrompt):
         if prompt.words:
             labels = backbone.label_words([[w] for w in prompt.words], task.labels)

@@ -96,7 +96,8 @@ def target_ids(backbone: Any, text: str, stop: Sequence[str]) -> list[int]:
 
 
 def split_prompt(prompt: Any, template: str) -> tuple[Any, str]:
-    """(what the backbone takes, the template inputs are rendered with): a text prompt is its own template."""
+    """(what the backbone takes, the template inputs are rendered with): a text prompt is its own template.
+    A prompt that renders its own inputs (kNN demonstrations) stays as it is: `render_inputs` applies it."""
     from .prompts.hard import HardPrompt
 
     if isinstance(prompt, HardPrompt):
@@ -104,13 +105,24 @@ def split_prompt(prompt: Any, template: str) -> tuple[Any, str]:
     return prompt, template
 
 
+def render_inputs(backbone: Any, prompt: Any, template: str,
+                  items: Sequence[Mapping[str, Any]]) -> tuple[Any, list[str]]:
+    """(what the backbone takes, each item's input text) for `prompt` of any kind: a prompt that renders its
+    own inputs does so (bound to `backbone`, whose inputs it encodes), any other fills its template."""
+    from .prompts.knn import renders_own_inputs
+
+    if renders_own_inputs(prompt):
+        return None, prompt.bind(backbone).render_many(items)
+    vectors, template = split_prompt(prompt, template)
+    return vectors, [template.format_map(dict(item)) for item in items]
+
+
 @torch.inference_mode()
 def generate_answers(backbone: Any, setup: GenerationSetup, items: Sequence[Mapping[str, Any]], prompt: Any,
                      batch_size: int = 32, max_new_tokens: int | None = None,
                      stop: Sequence[str] | None = None) -> list[str]:
     """Greedy continuations of the rendered `items` behind `prompt` (any prompt kind), cut at a stop string."""
-    vectors, template = split_prompt(prompt, setup.template)
-    texts = [template.format_map(dict(item)) for item in items]
+    vectors, texts = render_inputs(backbone, prompt, setup.template, items)
     return backbone.generate(texts, vectors, max_new_tokens=max_new_tokens or setup.max_new_tokens,
                              stop=list(setup.stop if stop is None else stop), batch_size=batch_size)
 
@@ -119,10 +131,10 @@ def generate_answers(backbone: Any, setup: GenerationSetup, items: Sequence[Mapp
 def target_nll(backbone: Any, setup: GenerationSetup, items: Sequence[Mapping[str, Any]], targets: Sequence[str],
                prompt: Any, batch_size: int = 32) -> float:
     """The targets' negative log-likelihood per token (stop token included) behind `prompt`."""
-    vectors, template = split_prompt(prompt, setup.template)
     total, tokens = 0.0, 0
     for i in range(0, len(items), batch_size):
-        ids = backbone.tokenize([template.format_map(dict(item)) for item in items[i : i + batch_size]])
+        vectors, texts = render_inputs(backbone, prompt, setup.template, items[i : i + batch_size])
+        ids = backbone.tokenize(texts)
         tgt = [target_ids(backbone, t, setup.stop) for t in targets[i : i + batch_size]]
         total += float(backbone.target_nll(ids, tgt, vectors).sum())
         tokens += sum(map(len, tgt))
@@ -205,6 +217,10 @@ class GenerativePredictor:
             raise ArtifactError(f"{where}: its {meta['prompt_kind']} prompt cannot be rebuilt ({first})") from None
         self.setup = GenerationSetup.of_meta(meta["task"], where)
         self.prompt, self.setup.template = split_prompt(prompt, self.setup.template)
+        from .prompts.knn import renders_own_inputs
+
+        if renders_own_inputs(self.prompt):  # bound now, so that a pool to re-encode is re-encoded at load
+            self.prompt = self.prompt.bind(backbone)
         self.template = self.setup.template
         self.input_fields = self.setup.input_fields
 
@@ -228,7 +244,7 @@ class GenerativePredictor:
         return dict(value)
 
     def render(self, value: str | Mapping[str, Any]) -> str:
-        return self.template.format_map(self.item(value))
+        return render_inputs(self.backbone, self.prompt, self.template, [self.item(value)])[1][0]
 
     def generate(self, inputs: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]],
                  max_new_tokens: int | None = None, stop: Sequence[str] | None = None,

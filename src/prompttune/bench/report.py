@@ -27,6 +27,11 @@ from .store import ResultStore
 CLAIM_DEFAULT_TOLERANCE = {"better": 0.0, "at_least": 0.0, "within": 0.01, "close_to_oracle": 0.02}
 
 
+# The budget a run spent, as the store records it: forward passes (searches; a generated token is one), calls to
+# and tokens of the optimiser LLM. The report shows each row's mean and plots the metric against them.
+BUDGET_KEYS = ("queries", "llm_calls", "llm_tokens")
+BUDGET_HEADS = ("forward passes", "LLM calls", "LLM tokens")
+
 @dataclass
 class Stat:
     values: list[float]
@@ -77,6 +82,13 @@ class Report:
     claims: list[dict[str, Any]] = field(default_factory=list)
     failed: int = 0
     metrics: dict[str, str] = field(default_factory=dict)  # column -> its primary metric's name
+    # row -> mean budget spent per run: "queries" (forward passes), "llm_calls", "llm_tokens"; None where the
+    # row's method spends none of it (or does not count it: soft methods count no forward passes)
+    budget: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+    def budget_cells(self, row: str) -> list[str]:
+        spent = self.budget.get(row, {})
+        return [f"{spent[k]:,.0f}" if spent.get(k) is not None else "-" for k in BUDGET_KEYS]
 
     def heading(self, col: str) -> str:
         """A task column's heading: the task and the metric its figures are, e.g. "ii:antonyms (exact_match)"."""
@@ -90,9 +102,11 @@ class Report:
             table.add_column(self.heading(col))
         table.add_column("trainable params", justify="right")
         table.add_column("s / run", justify="right")
+        for head in BUDGET_HEADS:
+            table.add_column(head, justify="right")
         for row in self.rows:
             table.add_row(row, *self.row_cells(row, lambda t: f"[bold green]{t}[/]"), f"{self.params[row]:,.0f}",
-                          f"{self.seconds[row]:.1f}")
+                          f"{self.seconds[row]:.1f}", *self.budget_cells(row))
         return table
 
     def row_cells(self, row: str, mark_best, escape=lambda t: t) -> list[str]:
@@ -105,11 +119,12 @@ class Report:
         return out
 
     def markdown_table(self) -> str:
-        head = ["method", *map(self.heading, self.columns), "trainable params", "s / run"]
+        head = ["method", *map(self.heading, self.columns), "trainable params", "s / run", *BUDGET_HEADS]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.rows:
             cells = self.row_cells(row, lambda t: f"**{t}**")
-            lines.append(f"| {row} | " + " | ".join(cells) + f" | {self.params[row]:,.0f} | {self.seconds[row]:.1f} |")
+            lines.append(f"| {row} | " + " | ".join(cells) + f" | {self.params[row]:,.0f} | {self.seconds[row]:.1f} | "
+                         + " | ".join(self.budget_cells(row)) + " |")
         return "\n".join(lines)
 
     def claims_markdown(self) -> str:
@@ -145,6 +160,8 @@ def build_report(db: str | Path) -> Report:
     metric_names: dict[str, list[str]] = defaultdict(list)  # column -> the primary metrics its runs report
     params: dict[str, list[float]] = defaultdict(list)
     secs: dict[str, list[float]] = defaultdict(list)
+    spent: dict[tuple[str, str], list[float]] = defaultdict(list)  # (row, budget key) -> per-run figures
+    cell_spent: dict[tuple[str, str, str], list[float]] = defaultdict(list)  # (row, column, key)
     cell_secs: dict[tuple[str, str], list[float]] = defaultdict(list)  # the plot's x: this task's own runs
     columns: list[str] = []
     rows: list[str] = []
@@ -160,16 +177,24 @@ def build_report(db: str | Path) -> Report:
         params[row].append(r["trainable_parameters"] or 0)
         secs[row].append(r["wall_seconds"] or 0.0)
         cell_secs[(row, col)].append(r["wall_seconds"] or 0.0)
+        for key in BUDGET_KEYS:
+            if r.get(key) is not None:
+                spent[(row, key)].append(r[key])
+                cell_spent[(row, col, key)].append(r[key])
     cells = {k: Stat(v) for k, v in scores.items()}
     best = {col: max((row for row in rows if (row, col) in cells), key=lambda row: cells[(row, col)].mean)
             for col in columns}
     points = [{"row": row, "label": identity[row][0], "shots": identity[row][1], "task": col,
                "score": cells[(row, col)].mean, "std": cells[(row, col)].std,
-               "params": _mean(params[row]), "seconds": _mean(cell_secs[(row, col)])} for (row, col) in cells]
+               "params": _mean(params[row]), "seconds": _mean(cell_secs[(row, col)]),
+               **{key: _mean(cell_spent[(row, col, key)]) if cell_spent.get((row, col, key)) else None
+                  for key in BUDGET_KEYS}} for (row, col) in cells]
     report = Report(columns, rows, cells, {r: _mean(v) for r, v in params.items()},
                     {r: _mean(v) for r, v in secs.items()}, best, points, failed=len(failed),
                     metrics={col: " / ".join(names) for col, names in metric_names.items()})
     report.claims = [check_claim(c, done) for c in claims]
+    report.budget = {row: {key: _mean(spent[(row, key)]) if spent.get((row, key)) else None for key in BUDGET_KEYS}
+                     for row in rows}
     return report
 
 
@@ -236,7 +261,8 @@ def check_claim(claim: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, 
 
 
 def _plots(report: Report) -> dict[str, bytes]:
-    """The three figures as PNG bytes: the primary metric vs. trainable parameters, vs. wall time, vs. shots
+    """The figures as PNG bytes: the primary metric vs. trainable parameters, vs. wall time, vs. shots, and vs.
+    the budget spent (forward passes, optimiser-LLM tokens) where runs spent any
     (file names keep "accuracy" so links to older reports still resolve)."""
     try:
         import matplotlib
@@ -262,6 +288,20 @@ def _plots(report: Report) -> dict[str, bytes]:
         ax.set_ylabel(_ylabel(report))
         ax.grid(alpha=0.3)
         figures[f"accuracy_vs_{key}"] = _png(fig)
+    for key, xlabel in (("queries", "forward passes spent per run"), ("llm_tokens", "optimiser-LLM tokens per run")):
+        spent = [p for p in report.points if p.get(key)]
+        if not spent:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for p in spent:
+            ax.errorbar(p[key], p["score"], yerr=p["std"], marker=task_marker[p["task"]], color=colour[p["label"]],
+                        linestyle="none", capsize=3)
+        _legend(ax, colour, task_marker)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(_ylabel(report))
+        ax.grid(alpha=0.3)
+        figures[f"metric_vs_{key}"] = _png(fig)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     by_base: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for p in report.points:
@@ -325,13 +365,14 @@ def write_report(report: Report, out_dir: str | Path, title: str = "prompttune b
 def _html(report: Report, figures: dict[str, bytes], title: str) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in ["method", *map(report.heading, report.columns),
-                                                  "trainable params", "s / run"])
+                                                  "trainable params", "s / run", *BUDGET_HEADS])
     body = []
     for row in report.rows:
         tds = [f"<td>{esc(row)}</td>"]
         tds += [t if t.startswith("<td") else f"<td>{t}</td>"
                 for t in report.row_cells(row, lambda t: f'<td class="best">{t}</td>', esc)]
         tds += [f"<td>{report.params[row]:,.0f}</td>", f"<td>{report.seconds[row]:.1f}</td>"]
+        tds += [f"<td>{t}</td>" for t in report.budget_cells(row)]
         body.append("<tr>" + "".join(tds) + "</tr>")
     claims = ""
     if report.claims:

@@ -75,12 +75,15 @@ def run_cell(config: dict[str, Any], run_dir: str, threads: int | None = None) -
     scored = recorded.get("eval") or recorded.get("dev", {})
     metrics = {k: recorded[k] for k in ("dev", "eval") if k in recorded} | recorded.get("extra", {})
     llm = info.get("llm_calls")
+    llm_use = info.get("llm") if isinstance(info.get("llm"), dict) else {}
+    llm_tokens = (llm_use.get("prompt_tokens", 0) + llm_use.get("completion_tokens", 0)) if llm_use else None
     return {
         "metric": report.primary_metric, "accuracy": report.score, "macro_f1": scored.get("macro_f1"),
         "dev_accuracy": recorded.get("dev", {}).get(report.primary_metric), "eval_size": scored.get("n"),
         "trainable_parameters": meta["trainable_parameters"],
         "wall_seconds": round(time.perf_counter() - started, 2), "queries": info.get("queries_used"),
-        "llm_calls": len(llm) if isinstance(llm, list) else llm, "artifact": str(report.out_dir),
+        "llm_calls": len(llm) if isinstance(llm, list) else llm, "llm_tokens": llm_tokens,
+        "artifact": str(report.out_dir),
         "metrics": metrics, "versions": meta["versions"], "worker": f"{os.uname().nodename}:{os.getpid()}",
     }
 

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS runs (
     metrics TEXT,                  -- every metric as JSON
     trainable_parameters INTEGER,
     wall_seconds REAL,
-    queries INTEGER, llm_calls INTEGER,
+    queries INTEGER, llm_calls INTEGER,  -- the budget spent: forward passes (searches), optimiser-LLM calls
+    llm_tokens INTEGER,            -- and the optimiser LLM's tokens (prompt + completion)
     artifact TEXT, versions TEXT, error TEXT, worker TEXT,
     started REAL, finished REAL,
     owner TEXT,                    -- host:pid:uuid of the bench process holding a running cell
@@ -44,9 +45,10 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 RESULT_FIELDS = ("metric", "accuracy", "macro_f1", "dev_accuracy", "eval_size", "trainable_parameters",
-                 "wall_seconds", "queries", "llm_calls", "artifact", "worker")
-# added to databases written before they existed: claims (owner, heartbeat), the primary metric's name (metric)
-ADDED_COLUMNS = {"owner": "TEXT", "heartbeat": "REAL", "metric": "TEXT"}
+                 "wall_seconds", "queries", "llm_calls", "llm_tokens", "artifact", "worker")
+# added to databases written before they existed: claims (owner, heartbeat), the primary metric's name (metric),
+# the optimiser LLM's tokens (llm_tokens)
+ADDED_COLUMNS = {"owner": "TEXT", "heartbeat": "REAL", "metric": "TEXT", "llm_tokens": "INTEGER"}
 
 
 def new_owner() -> str:

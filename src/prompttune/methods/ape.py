@@ -3,11 +3,16 @@
 Instruction induction: the LLM sees input-output demonstrations and completes "The instruction
 was"; several proposals are sampled, scored, and the best are resampled Monte-Carlo style (the LLM
 writes variations of them, which are scored in turn) for `iterations` rounds.
+
+On a generative task this is the paper's own setting: the demonstrations are the task's input-output
+pairs (the target text, not a label word); candidates are ranked by the target's log-likelihood (APE's
+"log probability" score) and the pick on dev is by the task's metric (its "execution accuracy").
 """
 
 from __future__ import annotations
 
 import random
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -33,6 +38,7 @@ class APE(LLMPromptSearch):
     name = "ape"
     description = "APE: instructions induced from demonstrations, then Monte-Carlo resampling of the best."
     Config = APEConfig
+    generative: ClassVar[bool] = True
 
     def search(self, ctx: RunContext) -> None:
         cfg: APEConfig = self.config  # type: ignore[assignment]

@@ -6,6 +6,11 @@ examples), ranks every readable vocabulary token by the first-order change it wo
 cached example prefixes, and keeps the best if it improves. Optionally the label words are found
 first (`label_search`): a logistic regression on the answer-position hidden states, whose class
 weights pick each class's word by dot product with the output embeddings (the paper's method).
+
+On a generative task (the answer is text) the loss is the target's negative log-likelihood with the
+triggers in place (`LikelihoodScorer.trigger_gradient`), candidates are re-scored by that likelihood on
+train, and the finalists are confirmed on dev by the task's metric on greedy generations (the
+`HardPromptSearch` scorers); `label_search` has no label words to find there and is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..errors import ConfigError
 from ..prompts.hard import HardPrompt
 from ..search.engine import CandidateScorer
 from ..search.vocab import word_token_ids
@@ -37,6 +43,7 @@ class AutoPrompt(HardPromptSearch):
         "AutoPrompt: trigger tokens after the input, HotFlip candidates re-scored in batches; optional label search."
     )
     Config = AutoPromptConfig
+    generative = True
 
     def first_round(self, ctx: RunContext) -> int:
         cfg: AutoPromptConfig = self.config  # type: ignore[assignment]
@@ -44,6 +51,9 @@ class AutoPrompt(HardPromptSearch):
 
     def fit(self, ctx: RunContext) -> MethodResult:
         cfg: AutoPromptConfig = self.config  # type: ignore[assignment]
+        if cfg.label_search and ctx.task.is_generative:
+            raise ConfigError(f"autoprompt: label_search finds label words, and generative task '{ctx.task.name}' "
+                              "has none (its answer is text); drop label_search")
         words = self.search_label_words(ctx) if cfg.label_search else None
         labels = ctx.backbone.label_words([[w] for w in words], ctx.task.labels) if words else None
         self.start(ctx, labels)

@@ -11,6 +11,12 @@ prompt on the scale of real embeddings. The fitness is the cross-entropy on the 
 get their own z_l and random matrix, and CMA-ES runs on one layer at a time, cycling over the layers
 (BBTv2's divide-and-conquer). Every model call is one prompt on one example and is charged to
 `--budget`; the result is an ordinary soft ("soft") or deep ("kv") prompt artifact.
+
+On a generative task the loss CMA-ES minimises is the target's negative log-likelihood per token on the
+train set (the task's `GenerationObjective`, one pass per example) and the finalists are picked on dev by
+the task's metric on greedy generations (target NLL breaking ties). A dev evaluation is charged at its
+most, one NLL pass and `max_new_tokens` generated tokens per example, and an unset `--budget` grows by
+that reserve; the instruction p0 starts from is then a generic one.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..evaluation import encode
+from ..objectives import objective_for
 from ..prompts import SoftPrompt
 from ..search.state import SearchState
 from .base import Method, MethodConfig, MethodResult, RunContext, register
-from .family.search import check_budget
+from .family.search import check_budget, default_instruction
 
 
 class BBTConfig(MethodConfig):
@@ -51,6 +58,7 @@ class BBT(Method):
         "Black-Box Tuning (BBT/BBTv2): CMA-ES in a random low-dimensional subspace of the prompt; forward passes only."
     )
     Config = BBTConfig
+    generative = True
 
     def fit(self, ctx: RunContext) -> MethodResult:
         with warnings.catch_warnings():  # cma warns that matplotlib is missing; plotting is not used
@@ -60,16 +68,26 @@ class BBT(Method):
         bb = ctx.backbone
         popsize = cfg.popsize or int(4 + 3 * np.log(cfg.intrinsic_dim))
         n_train, n_dev = len(ctx.data.train), len(ctx.data.dev)
-        reserve = (cfg.finalists + 1) * n_dev
+        generative = ctx.task.is_generative
+        per_dev = 1 + ctx.task.generation.max_new_tokens if generative else 1
+        reserve = (cfg.finalists + 1) * n_dev * per_dev
+        budget = cfg.budget + reserve if generative and "budget" not in cfg.model_fields_set else cfg.budget
         first = (popsize + 1) * n_train
-        check_budget(self.name, cfg.budget, first + reserve,
+        unit = f" x {per_dev} passes (target NLL and generated tokens)" if generative else ""
+        check_budget(self.name, budget, first + reserve,
                      f"the initial prompt and a population of {popsize} x {n_train} train examples, then "
-                     f"{cfg.finalists + 1} finalists x {n_dev} dev examples to pick the result")
+                     f"{cfg.finalists + 1} finalists x {n_dev} dev examples{unit} to pick the result")
         if cfg.variant == "bbtv2":
             bb.check_prefix_support("bbt variant=bbtv2")
-        state = SearchState(ctx.out_dir, cfg.budget - reserve, ctx.resume, ctx.run_fingerprint, ctx.callbacks)
-        train, dev = encode(bb, ctx.task, ctx.data.train), encode(bb, ctx.task, ctx.data.dev)
-        p0 = SoftPrompt.initialise(bb, cfg.n_tokens, "text", cfg.init_text, seed=ctx.seed).weight.detach().float().cpu()
+        state = SearchState(ctx.out_dir, budget - reserve, ctx.resume, ctx.run_fingerprint, ctx.callbacks)
+        objective = (ctx.objective or objective_for(bb, ctx.task)) if generative else None
+        if objective is not None:
+            train, dev = objective.encode(ctx.data.train), objective.encode(ctx.data.dev)
+        else:
+            train, dev = encode(bb, ctx.task, ctx.data.train), encode(bb, ctx.task, ctx.data.dev)
+        init_text = default_instruction(ctx) if generative and "init_text" not in cfg.model_fields_set \
+            else cfg.init_text
+        p0 = SoftPrompt.initialise(bb, cfg.n_tokens, "text", init_text, seed=ctx.seed).weight.detach().float().cpu()
         gen = torch.Generator().manual_seed(ctx.seed)
         if cfg.variant == "bbt":
             emb_std = float(bb.model.get_input_embeddings().weight.float().std())
@@ -102,6 +120,11 @@ class BBT(Method):
             )
 
             def compute():
+                if objective is not None:  # train: [target NLL per token]; dev: [metric, target NLL per token]
+                    if name == "train":
+                        return torch.tensor([objective.nll(data, prompt_of(layer, z))])
+                    ev = objective.evaluate(data, prompt_of(layer, z))
+                    return torch.tensor([ev.accuracy, ev.loss])
                 with torch.no_grad():
                     return torch.cat(
                         [
@@ -110,14 +133,16 @@ class BBT(Method):
                         ]
                     )
 
-            return state.lookup(key, len(data), compute)
+            return state.lookup(key, len(data) * (per_dev if name == "dev" else 1), compute)
 
-        def loss(scores: torch.Tensor, golds: torch.Tensor) -> float:
-            return float(F.cross_entropy(scores, golds))
+        def loss(scores: torch.Tensor, golds: torch.Tensor | None) -> float:
+            return float(scores[0]) if objective is not None else float(F.cross_entropy(scores, golds))
+
+        golds = getattr(train, "golds", None)
 
         zero = np.zeros(cfg.intrinsic_dim)
         start = scores_of(train, "train", 0, zero)
-        best_loss = loss(start, train.golds)
+        best_loss = loss(start, golds)
         state.record(-best_loss, layer=0)
         pool: list[tuple[float, int, np.ndarray, list[torch.Tensor]]] = [
             (best_loss, 0, zero, [o.clone() for o in offsets])
@@ -136,7 +161,7 @@ class BBT(Method):
             losses = []
             for z in solutions:
                 s = scores_of(train, "train", layer, np.asarray(z))
-                losses.append(loss(s, train.golds))
+                losses.append(loss(s, golds))
                 state.record(-losses[-1], layer=layer)
             es[layer].tell(solutions, losses)
             k = int(np.argmin(losses))
@@ -154,7 +179,7 @@ class BBT(Method):
             it += 1
             state.round_done()
         # Pick on dev among the best few (the reserve pays for it).
-        state.limit = cfg.budget
+        state.limit = budget
         initial = pool[0]  # p0 itself is always a finalist: the search never returns worse on dev than its start
         finalists = sorted(pool, key=lambda entry: entry[0])[: cfg.finalists]
         if not any(entry is initial for entry in finalists):
@@ -163,20 +188,26 @@ class BBT(Method):
         for train_loss, layer, z, offs in finalists:
             saved, offsets[:] = list(offsets), offs
             s = scores_of(dev, "dev", layer, z)
-            acc = float((s.argmax(1) == dev.golds).float().mean())
-            dev_results.append((acc, -loss(s, dev.golds), -train_loss, prompt_of(layer, z)))
+            if objective is not None:
+                acc, dev_loss = float(s[0]), float(s[1])
+            else:
+                acc, dev_loss = float((s.argmax(1) == dev.golds).float().mean()), loss(s, dev.golds)
+            dev_results.append((acc, -dev_loss, -train_loss, prompt_of(layer, z)))
             offsets[:] = saved
         state.round_done()
         acc, neg_dev_loss, neg_train_loss, prompt = max(dev_results, key=lambda r: r[:3])
         info = {
             "queries_used": state.used,
-            "budget": cfg.budget,
+            "budget": budget,
             "popsize": popsize,
             "iterations": it,
             "best_train_loss": -neg_train_loss,
             "best_dev_accuracy": acc,
             "variant": cfg.variant,
         }
+        if objective is not None:  # the dev figures are the task's metric on generations
+            info.update(dev_metric=ctx.task.primary_metric, best_dev_score=acc, initial_dev_score=dev_results[
+                next(i for i, entry in enumerate(finalists) if entry is initial)][0])
         trainable = cfg.intrinsic_dim * len(bases)
         if cfg.variant == "bbt":
             return MethodResult("soft", {"prompt": prompt.float().cpu().clone()}, trainable, state.trace, info)

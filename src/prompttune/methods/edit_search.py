@@ -6,6 +6,10 @@ constituency parser). Each candidate applies one edit: delete a phrase, swap two
 deleted one, or paraphrase (here: replace a word with one of its nearest neighbours in the model's
 embedding space, since no paraphrase model is at hand). The beam keeps the best `beam` prompts; the
 search stops at the budget, after `iterations`, or after `patience` rounds without improvement.
+
+On a generative task the search starts from a generic instruction ("Write the output for the input.")
+unless given one, paraphrases only among the model's most frequent whole words, ranks edits by the
+target's likelihood and picks among the finalists on dev by the task's metric on greedy generations.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pydantic import Field
 
 from ..prompts.hard import HardPrompt
 from ..search.text_edits import Neighbours, edit
-from ..search.vocab import word_token_ids
+from ..search.vocab import common_word_ids, word_token_ids
 from .base import RunContext, register
 from .family.search import HardPromptSearch, SearchConfig, default_instruction
 
@@ -24,7 +28,9 @@ EDITS = ("del", "swap", "par", "add")
 
 
 class EditSearchConfig(SearchConfig):
-    instruction: str | None = Field(None, description="starting instruction (default: built from the label words)")
+    instruction: str | None = Field(
+        None, description="starting instruction (default: built from the label words; a generative task: a generic one)"
+    )
     iterations: int = Field(8, ge=1)
     n_candidates: int = Field(4, ge=1, description="edited prompts per beam entry per iteration")
     beam: int = Field(2, ge=1)
@@ -36,6 +42,7 @@ class EditSearch(HardPromptSearch):
     name = "edit-search"
     description = "GrIPS: phrase-level delete/swap/paraphrase/add edits of an instruction, beam search on the score."
     Config = EditSearchConfig
+    generative = True
 
     def first_round(self, ctx: RunContext) -> int:
         return 1 + self.config.n_candidates  # type: ignore[attr-defined]
@@ -44,7 +51,9 @@ class EditSearch(HardPromptSearch):
         cfg: EditSearchConfig = self.config  # type: ignore[assignment]
         rng = random.Random(ctx.seed)
         template = ctx.task.spec.template
-        neighbours = Neighbours(ctx.backbone, word_token_ids(ctx.backbone.tokenizer))
+        tok = ctx.backbone.tokenizer
+        words = common_word_ids(tok, 8000) if ctx.task.is_generative else word_token_ids(tok)
+        neighbours = Neighbours(ctx.backbone, words)
         start = cfg.instruction or default_instruction(ctx)
         fits = self.evaluate([HardPrompt.build(template, instruction=start)])
         if not fits:

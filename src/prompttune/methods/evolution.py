@@ -5,6 +5,11 @@ A population of prompts (instructions before the template, or separators after t
 parents are drawn by roulette wheel on fitness, children are one-point crossovers of their word
 lists followed by word-level mutation (replace, insert, delete; words from the model's readable
 vocabulary or a word list), and the best `population` of parents and children survive.
+
+On a generative task the mutation words are the model's most frequent whole words, the seed instruction a
+generic one ("Write the output for the input."), a separator a line of its own before the answer cue; the
+population is ranked by the target's likelihood and the finalists picked on dev by the task's metric on
+greedy generations.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from typing import Literal
 from pydantic import Field
 
 from ..prompts.hard import HardPrompt
-from ..search.text_edits import crossover, mutate
-from ..search.vocab import read_word_list, word_token_ids
+from ..search.text_edits import crossover, line_separator, mutate
+from ..search.vocab import common_words, read_word_list, word_token_ids
 from .base import RunContext, register
 from .family.search import HardPromptSearch, SearchConfig, default_instruction
 
@@ -26,7 +31,9 @@ class EvolutionConfig(SearchConfig):
     generations: int = Field(6, ge=1)
     mutation_rate: float = Field(0.3, gt=0, le=1, description="chance that a word is mutated")
     position: Literal["instruction", "separator"] = Field("instruction")
-    instruction: str | None = Field(None, description="seed prompt (default: built from the label words)")
+    instruction: str | None = Field(
+        None, description="seed prompt (default: built from the label words; a generative task: a generic one)"
+    )
     words_file: str | None = Field(None, description="mutation words, one per line (default: the vocabulary)")
 
 
@@ -35,6 +42,7 @@ class Evolution(HardPromptSearch):
     name = "evolution"
     description = "EvoPrompt-style GA without an LLM: roulette selection, span crossover, word mutation."
     Config = EvolutionConfig
+    generative = True
 
     def first_round(self, ctx: RunContext) -> int:
         return self.config.population  # type: ignore[attr-defined]
@@ -45,6 +53,8 @@ class Evolution(HardPromptSearch):
         tok = ctx.backbone.tokenizer
         if cfg.words_file:
             pool = read_word_list(cfg.words_file)
+        elif ctx.task.is_generative:
+            pool = common_words(tok)
         else:
             pool = [tok.decode([i]).strip() for i in word_token_ids(tok).tolist()]
         template = ctx.task.spec.template
@@ -52,6 +62,8 @@ class Evolution(HardPromptSearch):
         def build(text: str) -> HardPrompt:
             if cfg.position == "instruction":
                 return HardPrompt.build(template, instruction=text)
+            if ctx.task.is_generative:
+                return HardPrompt.build(template, separator=line_separator(template, text))
             return HardPrompt.build(template, separator=" " + text)
 
         seed_text = cfg.instruction or (default_instruction(ctx) if cfg.position == "instruction" else rng.choice(pool))

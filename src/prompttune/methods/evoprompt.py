@@ -4,12 +4,15 @@
 child; the population keeps the best of parents and children. `variant=de`: for each member, the
 LLM mutates the parts where two random donors differ, merges them into the best member and crosses
 the result with the member; the child replaces the member when it scores higher.
+
+On a generative task (EvoPrompt's BBH and summarisation setting) the fitness is the target's
+log-likelihood on train in-process (the metric with a task endpoint) and the pick on dev the task's metric.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -44,6 +47,7 @@ class EvoPrompt(LLMPromptSearch):
     name = "evoprompt"
     description = "EvoPrompt: GA or DE over instructions, with the LLM doing crossover and mutation."
     Config = EvoPromptConfig
+    generative: ClassVar[bool] = True
 
     def search(self, ctx: RunContext) -> None:
         cfg: EvoPromptConfig = self.config  # type: ignore[assignment]

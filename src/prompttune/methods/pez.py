@@ -5,6 +5,9 @@ learned is always a hard prompt. The text (an instruction before the template) i
 The projection is a straight-through estimator: the forward uses the nearest tokens' embeddings
 (cosine similarity, readable word tokens only), the gradient lands on the continuous vectors.
 It trains with the shared trainer, so checkpoints, resume and best-on-dev come for free.
+
+On a generative task the loss is the target's negative log-likelihood per token and the dev pick the
+task's metric on greedy generations (target NLL breaking ties): the task's `GenerationObjective`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..evaluation import encode, evaluate_encoded
+from ..objectives import objective_for
 from ..prompts.hard import HardPrompt
 from ..search.vocab import word_token_ids
 from ..training import Evaluation, TrainConfig, train_prompt
@@ -59,6 +63,7 @@ class PEZ(Method):
     )
     Config = PEZConfig
     text_result = True
+    generative = True
 
     def fit(self, ctx: RunContext) -> MethodResult:
         cfg: PEZConfig = self.config  # type: ignore[assignment]
@@ -69,18 +74,29 @@ class PEZ(Method):
         gen = torch.Generator().manual_seed(ctx.seed)
         init = table[torch.randint(len(allowed), (cfg.n_tokens,), generator=gen)]
         prompt = ProjectedPrompt(init, table, allowed.to(table.device), newline).to(bb.device)
-        train = encode(bb, ctx.task, ctx.data.train)
-        dev = encode(bb, ctx.task, ctx.data.dev)
+        generative = ctx.task.is_generative
+        if generative:  # target NLL to train, the metric on generations to pick on dev
+            objective = ctx.objective or objective_for(bb, ctx.task)
+            train, dev = objective.encode(ctx.data.train), objective.encode(ctx.data.dev)
 
-        def loss_fn(indices):
-            ids, golds = train.subset(indices)
-            scores = bb.score(ids, ctx.labels, prompt())
-            return F.cross_entropy(scores, golds.to(scores.device))
+            def loss_fn(indices):
+                return objective.loss(train, indices, prompt())
 
-        def eval_fn() -> Evaluation:
-            with torch.no_grad():
-                result = evaluate_encoded(bb, ctx.labels, dev, prompt())
-            return Evaluation(result.accuracy, result.loss)
+            def eval_fn() -> Evaluation:
+                return objective.evaluate(dev, prompt())
+        else:
+            train = encode(bb, ctx.task, ctx.data.train)
+            dev = encode(bb, ctx.task, ctx.data.dev)
+
+            def loss_fn(indices):
+                ids, golds = train.subset(indices)
+                scores = bb.score(ids, ctx.labels, prompt())
+                return F.cross_entropy(scores, golds.to(scores.device))
+
+            def eval_fn() -> Evaluation:
+                with torch.no_grad():
+                    result = evaluate_encoded(bb, ctx.labels, dev, prompt())
+                return Evaluation(result.accuracy, result.loss)
 
         outcome = train_prompt(
             prompt,
@@ -99,7 +115,12 @@ class PEZ(Method):
         text = bb.tokenizer.decode(prompt.token_ids().tolist()).strip()
         hard = HardPrompt.build(ctx.task.spec.template, instruction=text)
         evals = sum(1 for h in outcome.history if "dev_accuracy" in h)
-        queries = cfg.steps * cfg.batch_size + evals * len(dev)  # forward(+backward) passes of one example
+        # forward(+backward) passes of one example; a generative dev evaluation at its most: the NLL pass and
+        # max_new_tokens generated tokens per example
+        per_dev = 1 + ctx.task.generation.max_new_tokens if generative else 1
+        queries = cfg.steps * cfg.batch_size + evals * len(dev) * per_dev
+        dev_figures = {"dev_metric": ctx.task.primary_metric, "best_dev_score": outcome.best.accuracy,
+                       "initial_dev_score": outcome.history[0]["dev_accuracy"]} if generative else {}
         return MethodResult(
             prompt_kind="hard",
             tensors={},
@@ -110,6 +131,7 @@ class PEZ(Method):
                 "best_dev_accuracy": outcome.best.accuracy,
                 "queries_used": queries,
                 "token_ids": prompt.token_ids().tolist(),
+                **dev_figures,
             },
             text_prompt=hard.as_meta(),
         )

@@ -43,6 +43,9 @@ class PromptBoosting(Method):
     description = "PromptBoosting: AdaBoost over a pool of prompts with learned verbalizers; queries only."
     Config = PromptBoostingConfig
     text_result = True
+    not_generative_because = ("it learns a verbalizer (one label word per class) for every weak learner and the "
+                              "learners vote over the labels, and a generative task's answer is free text with no "
+                              "labels to vote over")
 
     def fit(self, ctx: RunContext) -> MethodResult:
         cfg: PromptBoostingConfig = self.config  # type: ignore[assignment]

@@ -4,6 +4,11 @@ best. A strong, cheap baseline for every other search here.
 
 Sources: random tokens of the vocabulary (readable word tokens), text sampled from the frozen model
 itself, or words from a word list file.
+
+On a generative task (a template like "Input: {input}\nOutput:") the vocabulary is the model's most
+frequent whole words, a separator is a line of its own between the input and the answer cue, candidates
+are ranked by the target's likelihood (one pass per example) and the finalists picked on dev by the
+task's metric on greedy generations (one pass per generated token).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import torch
 from pydantic import Field, model_validator
 
 from ..prompts.hard import HardPrompt
-from ..search.vocab import read_word_list, word_token_ids
+from ..search.text_edits import line_separator
+from ..search.vocab import common_words, read_word_list, word_token_ids
 from .base import RunContext, register
 from .family.search import HardPromptSearch, SearchConfig
 
@@ -45,6 +51,7 @@ class RandomSeparators(HardPromptSearch):
     name = "random-separators"
     description = "Babel: sample separators (vocabulary, the model itself, or a word list), keep the best on dev."
     Config = RandomSeparatorsConfig
+    generative = True
 
     def first_round(self, ctx: RunContext) -> int:
         cfg: RandomSeparatorsConfig = self.config  # type: ignore[assignment]
@@ -58,6 +65,9 @@ class RandomSeparators(HardPromptSearch):
         if cfg.source == "words":
             words = read_word_list(cfg.words_file)
             return [" " + " ".join(rng.choice(words) for _ in range(n)) for n in lengths]
+        if cfg.source == "vocab" and ctx.task.is_generative:  # words, not word pieces, on a line of their own
+            common = common_words(tok)
+            return [" " + " ".join(rng.choice(common) for _ in range(n)) for n in lengths]
         if cfg.source == "vocab":
             vocab = word_token_ids(tok).tolist()
             return [tok.decode([rng.choice(vocab) for _ in range(n)]) for n in lengths]
@@ -76,8 +86,9 @@ class RandomSeparators(HardPromptSearch):
         cfg: RandomSeparatorsConfig = self.config  # type: ignore[assignment]
         texts = self.sample(ctx)
         template = ctx.task.spec.template
+        own_line = ctx.task.is_generative
         build = (
-            (lambda t: HardPrompt.build(template, separator=t))
+            (lambda t: HardPrompt.build(template, separator=line_separator(template, t) if own_line else t))
             if cfg.position == "separator"
             else (lambda t: HardPrompt.build(template, instruction=t.strip()))
         )

@@ -8,6 +8,11 @@ reward is the paper's: the gap between the gold label's probability and the best
 weighted by 200 when correct and 180 when wrong, z-scored across the prompts sampled in each step
 (the paper's input-specific normalisation). Every sampled prompt is kept as a candidate, and the
 best on train goes to the dev pick like every other search.
+
+On a generative task the reward is the task's metric (its primary one) on the answers the frozen model
+generates greedily behind each sampled prompt, per train example (one pass per generated token), z-scored
+the same way; the prompt tokens form a line of their own before the answer cue, drawn from the readable
+tokens the model finds most likely at the start of that line.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..prompts.hard import HardPrompt
+from ..prompts.hard import HardPrompt, split_template
+from ..search.generative import MetricScorer
+from ..search.text_edits import line_separator
 from ..search.vocab import word_token_ids
 from .base import RunContext, register
-from .family.search import HardPromptSearch, SearchConfig
+from .family.search import HardPromptSearch, SearchConfig, check_budget
 
 
 class RLPromptConfig(SearchConfig):
@@ -46,18 +53,56 @@ class RLPrompt(HardPromptSearch):
         "RLPrompt (compact on-policy REINFORCE variant): a token policy after the input, rewarded by the frozen model."
     )
     Config = RLPromptConfig
+    generative = True
 
     def first_round(self, ctx: RunContext) -> int:
         return self.config.samples + 1  # type: ignore[attr-defined]
 
+    def start(self, ctx: RunContext, labels=None) -> None:
+        """On a generative task the train round generates too: check the budget pays for its worst case."""
+        if ctx.task.is_generative:
+            cfg: RLPromptConfig = self.config  # type: ignore[assignment]
+            n_train, n_dev, new = len(ctx.data.train), len(ctx.data.dev), ctx.task.generation.max_new_tokens
+            reserve = (cfg.finalists + 1) * n_dev * new
+            budget = cfg.budget + reserve if "budget" not in cfg.model_fields_set else cfg.budget
+            check_budget(self.name, budget, (cfg.samples + 1) * n_train * new + n_train + reserve,
+                         f"the template and {cfg.samples} sampled prompts x {n_train} train examples x {new} "
+                         f"generated tokens, the policy's vocabulary on {n_train} examples, then "
+                         f"{cfg.finalists + 1} finalists x {n_dev} dev examples x {new} generated tokens",
+                         instead="fewer samples")
+        super().start(ctx, labels)
+
+    def scorer(self, examples, name: str, confirm: bool = False):
+        """On a generative task the train scorer is the metric on generations too: it is the reward."""
+        if self.ctx.task.is_generative and name == "train":
+            scorer = MetricScorer(self.ctx.backbone, self.ctx.task, examples, self.state, name)
+            scorer.fitness_name = f"{self.ctx.task.primary_metric} on greedy generations (the reward)"
+            return scorer
+        return super().scorer(examples, name, confirm)
+
+    def build(self, ctx: RunContext, text: str) -> HardPrompt:
+        template = ctx.task.spec.template
+        if ctx.task.is_generative:
+            return HardPrompt.build(template, separator=line_separator(template, text))
+        return HardPrompt.build(template, separator=text)
+
+    def rewards(self, ctx: RunContext, scores: list[torch.Tensor]) -> torch.Tensor:
+        """(samples, examples): the paper's label-gap reward, or on a generative task the metric's value."""
+        if ctx.task.is_generative:
+            return torch.stack([s[:, 0] for s in scores])
+        return torch.stack([rlprompt_reward(s, self.train_scorer.golds) for s in scores])
+
     def action_vocab(self, ctx: RunContext) -> torch.Tensor:
         """The readable tokens the frozen model finds most likely right after the train inputs."""
-        bb, scorer = ctx.backbone, self.train_scorer
+        bb = ctx.backbone
         allowed = word_token_ids(bb.tokenizer)
+        head, tail = split_template(ctx.task.spec.template)
+        if ctx.task.is_generative and tail.startswith("\n"):  # where the policy's line starts
+            head += "\n"
 
         def compute():
             with torch.no_grad():
-                head_ids = bb.tokenize([scorer.base_head.format_map(ex.fields) for ex in ctx.data.train])
+                head_ids = bb.tokenize([head.format_map(ex.fields) for ex in ctx.data.train])
                 total = torch.zeros(len(allowed))
                 for x in head_ids:
                     h = bb.decoder(input_ids=torch.tensor([x], device=bb.device)).last_hidden_state[0, -1]
@@ -76,8 +121,6 @@ class RLPrompt(HardPromptSearch):
         logits = torch.zeros(cfg.n_tokens, len(vocab), requires_grad=True)
         opt = torch.optim.Adam([logits], lr=cfg.policy_lr)
         gen = torch.Generator().manual_seed(ctx.seed)
-        template = ctx.task.spec.template
-        golds = self.train_scorer.golds
         for _ in range(cfg.steps):
             probs = torch.softmax(logits.detach(), -1)
             actions = torch.stack(
@@ -87,12 +130,12 @@ class RLPrompt(HardPromptSearch):
                 ],
                 1,
             )  # (samples, n_tokens)
-            prompts = [HardPrompt.build(template, separator=tok.decode(vocab[a].tolist())) for a in actions]
+            prompts = [self.build(ctx, tok.decode(vocab[a].tolist())) for a in actions]
             scores = self.train_scorer.score(prompts)
             self.evaluate(prompts[: len(scores)])
             if len(scores) < 2:
                 break
-            rewards = torch.stack([rlprompt_reward(s, golds) for s in scores])  # (samples, examples)
+            rewards = self.rewards(ctx, scores)  # (samples, examples)
             z = (rewards - rewards.mean(0)) / (rewards.std(0) + 1e-6)  # per input, across prompts
             advantage = z.mean(1)
             log_pi = torch.log_softmax(logits, -1)

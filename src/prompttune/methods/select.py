@@ -10,6 +10,17 @@ Criteria (higher is better), computed from the model's label distributions on th
   noise on the input embeddings (flatness-aware selection, Shen et al., 2023: a flat prompt is robust);
 - `accuracy`: accuracy on the labelled k-shot dev set (the few-labels case).
 Every candidate's scores on every criterion are recorded; `criterion` picks.
+
+On a generative task (the answer is text) there are no label distributions; the criteria are:
+- `metric` (the default there): the task's primary metric on greedy generations on the k-shot dev set;
+- `likelihood`: the target's log-likelihood per token on the k-shot train and dev examples (teacher-forced,
+  one pass per example: the cheap one);
+- `consistency` (label-free): agreement of the candidates' generations on the k-shot inputs, answers
+  unread: a candidate's score is the primary metric of its output against each other candidate's output,
+  averaged over those candidates and the inputs (prompts that say the same thing as the others are
+  likelier to say the right thing, as self-consistency and MBR decoding assume).
+Every candidate's target likelihood is recorded whatever the criterion, its dev metric where its answers
+were generated. Generating costs one pass per generated token.
 """
 
 from __future__ import annotations
@@ -23,14 +34,17 @@ import torch
 from pydantic import Field
 
 from ..errors import ConfigError
+from ..generative import GenerationSetup
 from ..models.scoring import class_scores
 from ..prompts.hard import HardPrompt, check_template
 from ..search.engine import CandidateScorer
+from ..search.generative import LikelihoodScorer, MetricScorer
 from ..search.state import SearchState
 from .base import Method, MethodConfig, MethodResult, RunContext, register
 from .family.search import check_budget
 
 CRITERIA = ("mi", "entropy", "cbm", "flatness", "accuracy")
+GENERATIVE_CRITERIA = ("metric", "likelihood", "consistency")
 
 
 class SelectConfig(MethodConfig):
@@ -39,7 +53,10 @@ class SelectConfig(MethodConfig):
         description="templates (with the task's fields) or instructions to put before the template",
     )
     candidates_file: str | None = Field(None, description="one candidate per line (added to `candidates`)")
-    criterion: Literal["mi", "entropy", "cbm", "flatness", "accuracy"] = Field("mi")
+    criterion: Literal["mi", "entropy", "cbm", "flatness", "accuracy", "metric", "likelihood", "consistency"] = Field(
+        "mi", description="classification: mi, entropy, cbm, flatness, accuracy; a generative task: metric (its "
+        "default), likelihood, consistency"
+    )
     budget: int | None = Field(None, ge=1, description="forward passes; default: whatever the candidates need")
     noise: float = Field(0.05, gt=0, description="flatness: noise std, relative to the embeddings' std")
 
@@ -60,6 +77,7 @@ class Select(Method):
     )
     Config = SelectConfig
     text_result = True
+    generative = True
 
     def candidates(self, ctx: RunContext) -> list[HardPrompt]:
         cfg: SelectConfig = self.config  # type: ignore[assignment]
@@ -86,8 +104,8 @@ class Select(Method):
         return out
 
     def extra_metrics(self, ctx: RunContext, result: MethodResult, score: Callable[[Any], float]) -> dict[str, Any]:
-        """The held-out accuracy of every candidate: the oracle is the best of them (a benchmark's
-        `close_to_oracle` claim compares the picked one with it)."""
+        """The held-out accuracy (a generative task: primary metric) of every candidate: the oracle is the best
+        of them (a benchmark's `close_to_oracle` claim compares the picked one with it)."""
         scores = [score(p) for p in self.candidates(ctx)]
         return {"candidates_accuracy": scores, "oracle_accuracy": max(scores),
                 "picked_accuracy": scores[result.info["picked"]]}
@@ -96,18 +114,39 @@ class Select(Method):
     def result_lines(cls, meta: dict[str, Any]) -> list[str]:
         """The candidates' scores (higher is better), the picked one marked, then the usual lines."""
         info = meta.get("info", {})
-        keys = ("mi", "entropy", "cbm", "flatness", "accuracy")
+        rows = info.get("selection", [])
+        generative = any("likelihood" in row for row in rows)
+        keys = [k for k in GENERATIVE_CRITERIA if any(k in row for row in rows)] if generative else CRITERIA
         lines = [f"candidates (criterion: {info['criterion']}, higher is better):",
-                 f"  {'#':>10}  " + "  ".join(f"{k:>8}" for k in keys) + "  prompt"]
-        for i, row in enumerate(info.get("selection", [])):
+                 f"  {'#':>10}  " + "  ".join(f"{k:>{max(8, len(k))}}" for k in keys) + "  prompt"]
+        for i, row in enumerate(rows):
             mark = f"{i} <- picked" if i == info["picked"] else str(i)
-            cells = "  ".join(f"{row[k]:8.4f}" if k in row else f"{'-':>8}" for k in keys)
+            cells = "  ".join(f"{row[k]:{max(8, len(k))}.4f}" if k in row else f"{'-':>{max(8, len(k))}}" for k in keys)
             lines.append(f"  {mark:>10}  {cells}  {row['prompt'][:60]!r}")
         return lines + super().result_lines(meta)
 
+    def criterion(self, ctx: RunContext) -> str:
+        """The criterion in force (a generative task's default: metric); one that does not fit the task's
+        kind is refused with the ones that do."""
+        cfg: SelectConfig = self.config  # type: ignore[assignment]
+        if not ctx.task.is_generative:
+            if cfg.criterion in GENERATIVE_CRITERIA:
+                raise ConfigError(f"select: criterion '{cfg.criterion}' is for generative tasks; classification task "
+                                  f"'{ctx.task.name}' takes {', '.join(CRITERIA)}")
+            return cfg.criterion
+        if "criterion" not in cfg.model_fields_set:
+            return "metric"
+        if cfg.criterion in CRITERIA:
+            raise ConfigError(f"select: criterion '{cfg.criterion}' reads label probabilities, which generative task "
+                              f"'{ctx.task.name}' has none of; use {', '.join(GENERATIVE_CRITERIA)}")
+        return cfg.criterion
+
     def fit(self, ctx: RunContext) -> MethodResult:
         cfg: SelectConfig = self.config  # type: ignore[assignment]
+        criterion = self.criterion(ctx)
         prompts = self.candidates(ctx)
+        if ctx.task.is_generative:
+            return self._fit_generative(ctx, prompts, criterion)
         examples = ctx.data.train + ctx.data.dev
         per_round = len(examples) * (2 if cfg.criterion == "flatness" else 1)
         check_budget(self.name, cfg.budget, per_round, f"one candidate on {len(examples)} examples")
@@ -142,10 +181,10 @@ class Select(Method):
             rows.append(row)
             state.record(row[cfg.criterion], candidate=row["prompt"])
             state.round_done()
-        best = max(range(len(rows)), key=lambda i: (rows[i][cfg.criterion], rows[i]["accuracy"]))
+        best = max(range(len(rows)), key=lambda i: (rows[i][criterion], rows[i]["accuracy"]))
         chosen = prompts[best]
         info = {
-            "criterion": cfg.criterion,
+            "criterion": criterion,
             "selection": rows,
             "picked": best,
             "queries_used": state.used,
@@ -153,6 +192,62 @@ class Select(Method):
             "uniform_entropy": math.log(ctx.labels.num_classes),
         }
         return MethodResult("hard", {}, 0, state.trace, info, text_prompt=chosen.as_meta())
+
+    def _fit_generative(self, ctx: RunContext, prompts: list[HardPrompt], criterion: str) -> MethodResult:
+        """Target likelihood of every candidate on the labelled examples; greedy answers on the dev set
+        (`metric`) or on every k-shot input (`consistency`); then the pick."""
+        cfg: SelectConfig = self.config  # type: ignore[assignment]
+        bb, task = ctx.backbone, ctx.task
+        if criterion == "consistency" and len(prompts) < 2:
+            raise ConfigError("select: criterion 'consistency' scores candidates by how their answers agree with the "
+                              "other candidates' and needs at least 2 candidates; got 1")
+        labelled = ctx.data.train + ctx.data.dev
+        asked = {"metric": ctx.data.dev, "consistency": labelled}.get(criterion, [])
+        new = task.generation.max_new_tokens
+        check_budget(self.name, cfg.budget, len(labelled) + len(asked) * new,
+                     f"one candidate's target likelihood on {len(labelled)} examples"
+                     + (f" and its answers to {len(asked)} inputs x {new} generated tokens" if asked else ""))
+        state = SearchState(ctx.out_dir, cfg.budget, ctx.resume, ctx.run_fingerprint, ctx.callbacks)
+        likelihood = LikelihoodScorer(bb, task, labelled, state, "inputs")
+        answers = MetricScorer(bb, task, asked, state, "inputs") if asked else None
+        n_train = len(ctx.data.train) if criterion == "consistency" else 0  # where the dev answers start
+        rows: list[dict[str, Any]] = []
+        for prompt in prompts:
+            nll = likelihood.score([prompt])
+            got = answers.score([prompt]) if answers is not None and nll else None
+            if not nll or got == []:
+                break
+            row = {"prompt": prompt.describe() if prompt.instruction else prompt.template,
+                   "likelihood": likelihood.fitness(nll[0])}
+            if got:
+                row["metric"] = float(got[0][n_train:, 0].mean())
+            rows.append(row)
+            if criterion != "consistency":
+                state.record(row[criterion], candidate=row["prompt"])
+            state.round_done()
+        if criterion == "consistency":
+            outputs = [answers.outputs(p) for p in prompts[: len(rows)]]  # type: ignore[union-attr]
+            for row, score in zip(rows, self._agreement(task, outputs), strict=True):
+                row["consistency"] = score
+                state.record(score, candidate=row["prompt"])
+        best = max(range(len(rows)), key=lambda i: (rows[i][criterion], rows[i]["likelihood"]))
+        info = {"criterion": criterion, "metric": task.primary_metric, "selection": rows, "picked": best,
+                "queries_used": state.used, "budget": cfg.budget}
+        return MethodResult("hard", {}, 0, state.trace, info, text_prompt=prompts[best].as_meta())
+
+    @staticmethod
+    def _agreement(task: Any, outputs: list[list[str]]) -> list[float]:
+        """Each candidate's mean agreement with the others: the primary metric of its answer to an input
+        with another candidate's answer to it as the reference, averaged over inputs and the others
+        (one candidate alone, which a spent budget can leave, agrees with itself: 1.0)."""
+        setup = GenerationSetup.of_task(task)
+        metric = dict(setup.metrics)[setup.primary]
+        out = []
+        for i, mine in enumerate(outputs):
+            others = [o for j, o in enumerate(outputs) if j != i] or [mine]
+            values = [metric(a, [b]) for other in others for a, b in zip(mine, other, strict=True)]
+            out.append(sum(values) / max(len(values), 1))
+        return out
 
     @torch.no_grad()
     def _noisy_scores(self, ctx: RunContext, scorer: CandidateScorer, prompt: HardPrompt) -> torch.Tensor:

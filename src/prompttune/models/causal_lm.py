@@ -276,7 +276,7 @@ class CausalLMBackbone(ContextFitting, PaddedPaths, TargetScoring):
     @torch.no_grad()
     def generate(
         self, texts: Sequence[str], prompt: PromptInput = None, max_new_tokens: int = 32,
-        stop: Sequence[str] | None = None, batch_size: int = 32, **kwargs,
+        stop: Sequence[str] | None = None, batch_size: int = 32, lengths: list[int] | None = None, **kwargs,
     ) -> list[str]:
         """Continue each text with the prompt in place (left padding, KV cache), greedy by default
         (`do_sample`, `temperature` and HF's `stopping_criteria` pass through).
@@ -284,6 +284,9 @@ class CausalLMBackbone(ContextFitting, PaddedPaths, TargetScoring):
         Texts run `batch_size` at a time, sorted by length so that little goes to padding, and come back
         in input order. Each output is cut just before the first occurrence of any `stop` string, and a
         row stops generating once it has written one. Greedy outputs equal one text at a time.
+        `lengths`, when given (a list), receives each text's generated token count: the decoding steps it
+        took, up to the token that completed a stop string or the end-of-sequence token (what a search
+        charges; the output text re-tokenized may count fewer).
         """
         if not texts:
             return []
@@ -299,14 +302,30 @@ class CausalLMBackbone(ContextFitting, PaddedPaths, TargetScoring):
             criteria.append(StopStrings(self.tokenizer, stops))
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out = [""] * len(ids)
+        steps = [0] * len(ids)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             part = resolved.select(chunk)
             run = self._generate_with_prefix if part.prefix is not None else self._generate_embedded
             tokens = run([ids[i] for i in chunk], part, max_new_tokens, criteria or None, **kwargs)
-            for i, text in zip(chunk, self.tokenizer.batch_decode(tokens, skip_special_tokens=True), strict=True):
+            texts_out = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            for i, row, text in zip(chunk, tokens.tolist(), texts_out, strict=True):
                 out[i] = cut_at_stop(text, stops)
+                if lengths is not None:
+                    steps[i] = self._steps_taken(row, stops if out[i] != text else [])
+        if lengths is not None:
+            lengths[:] = steps
         return out
+
+    def _steps_taken(self, row: list[int], stops: Sequence[str]) -> int:
+        """Decoding steps one generated row took: through its first end-of-sequence token or the token that
+        completed a stop string (`stops`: those its text contains), else all of them."""
+        eos = self.tokenizer.eos_token_id
+        for k in range(1, len(row) + 1):
+            if row[k - 1] == eos or (stops and any(s in self.tokenizer.decode(row[:k], skip_special_tokens=True)
+                                                   for s in stops)):
+                return k
+        return len(row)
 
     def _generate_embedded(
         self, ids: list[list[int]], prompt: ResolvedPrompt, max_new_tokens: int, stopping_criteria, **kwargs

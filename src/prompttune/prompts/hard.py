@@ -53,33 +53,50 @@ class HardPrompt:
     instruction: str = ""
     separator: str = ""
     words: tuple[str, ...] | None = None  # label words found by the search (one per class), else the task's
+    # demonstrations in the template (prompts/demos.py): {"fields": {...}, "answer": "..."} each, for the record
+    demos: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def build(
-        cls, base_template: str, instruction: str = "", separator: str = "", words: tuple[str, ...] | None = None
+        cls, base_template: str, instruction: str = "", separator: str = "", words: tuple[str, ...] | None = None,
+        demos: Sequence[Mapping[str, Any]] = (),
     ) -> HardPrompt:
-        """`instruction` + newline + template, with `separator` right after the last input field."""
+        """`instruction` + newline + demonstrations (each rendered with the base template and answered, then
+        a blank line) + template, with `separator` right after the last input field."""
+        from .demos import demos_block
+
         head, tail = split_template(base_template)
         template = head + _escape(separator) + tail
+        if demos:
+            template = _escape(demos_block(base_template, demos)) + template
         if instruction:
             template = _escape(instruction) + "\n" + template
-        return cls(template, instruction, separator, tuple(words) if words else None)
+        records = tuple({"fields": dict(d["fields"]), "answer": str(d["answer"])} for d in demos)
+        return cls(template, instruction, separator, tuple(words) if words else None, records)
 
     def as_meta(self) -> dict[str, Any]:
-        return asdict(self)
+        meta = asdict(self)
+        if not self.demos:  # artifacts without demonstrations read as before
+            meta.pop("demos")
+        else:
+            meta["demos"] = [dict(d) for d in self.demos]
+        return meta
 
     @classmethod
     def from_meta(cls, data: Mapping[str, Any]) -> HardPrompt:
         try:
             words = data.get("words")
+            demos = tuple({"fields": dict(d["fields"]), "answer": str(d["answer"])} for d in data.get("demos") or ())
             return cls(
                 str(data["template"]),
                 str(data.get("instruction", "")),
                 str(data.get("separator", "")),
                 tuple(words) if words else None,
+                demos,
             )
-        except (KeyError, TypeError):
-            raise ArtifactError("hard prompt: missing its 'template'") from None
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError("hard prompt: missing its 'template' (or a demonstration lacks 'fields' / "
+                                "'answer')") from None
 
     def describe(self) -> str:
         parts = []
@@ -89,6 +106,8 @@ class HardPrompt:
             parts.append(f"separator {self.separator!r}")
         if self.words:
             parts.append(f"label words {list(self.words)}")
+        if self.demos:
+            parts.append(f"{len(self.demos)} demonstration(s)")
         return ", ".join(parts) or "the plain template"
 
 

@@ -182,6 +182,26 @@ def _dept_peft(tensors: Tensors) -> PeftRows | None:
     return PeftRows("PROMPT_TUNING", tensors["prompt"]) if tensors["input_delta"].abs().max() == 0 else None
 
 
+def _build_knn(tensors: Tensors, device, text: Mapping[str, Any] | None):
+    """Unbound kNN demonstrations: whoever applies them binds them to its backbone (`KnnDemos.bind`), which
+    encodes the inputs there and re-encodes the pool when that backbone is not the one that encoded it
+    (encoder "backbone" on another model, e.g. `--port-to`)."""
+    from .knn import KnnDemos
+
+    return KnnDemos.from_meta(text or {}, tensors["pool_embeddings"])
+
+
+def _check_knn(meta: Mapping[str, Any], tensors: Tensors, backbone, where: str) -> None:
+    """One float row per demonstration; the width is the encoder's, checked (or re-encoded) when bound."""
+    got, demos = tensors.get("pool_embeddings"), (meta.get("text_prompt") or {}).get("demos")
+    if got is None:
+        raise ArtifactError(f"{where}: a 'knn-demos' artifact needs the tensor 'pool_embeddings' in {TENSORS_FILE}")
+    n = len(demos) if isinstance(demos, list) else "n_pool"
+    if got.dim() != 2 or not got.is_floating_point() or (isinstance(n, int) and got.shape[0] != n):
+        raise ArtifactError(f"{where}: tensor 'pool_embeddings' is {got.dtype} of shape {tuple(got.shape)}; its "
+                            f"pool needs a float tensor of shape ({n}, dim)")
+
+
 def _check_clip(meta: Mapping[str, Any], tensors: Tensors, backbone, where: str) -> None:
     """Refuse tensors that do not fit the artifact's prompt shape on `backbone` (another width, depth or
     class count), naming the tensor and both shapes, before torch would fail inside load_state_dict."""
@@ -231,5 +251,8 @@ register_prompt_kind(PromptKind("hard", build=_build_hard, needs_text=True, mixa
                                 no_peft="a text prompt has no learned vectors to export"))
 register_prompt_kind(PromptKind("boosted", build=_build_boosted, needs_text=True,
                                 no_peft="a boosted ensemble of text prompts has no learned vectors to export"))
+register_prompt_kind(PromptKind(
+    "knn-demos", build=_build_knn, needs_text=True, mixable=True, custom_check=_check_knn,
+    no_peft="demonstrations chosen per input are text, not learned vectors"))
 # CLIP prompts are applied by their predictor (ClipPredictor rebuilds the ClipPrompt module), so no `build`.
 register_prompt_kind(PromptKind("clip", custom_check=_check_clip, no_peft="PEFT has no CLIP prompt adapters"))

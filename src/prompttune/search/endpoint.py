@@ -1,10 +1,11 @@
 """Scoring hard prompts with a task model behind an OpenAI-compatible endpoint (black box: text in,
 text out), as the APO/OPRO papers score with hosted models.
 
-Each example is rendered with the candidate template and sent as one chat message (temperature 0);
-the answer is read as the class whose label word appears first in it. Each (prompt, example) is one
-query of the search budget, memoised like the engine's answers, so resume and reruns (with the
-response cache) cost nothing.
+Classification (`EndpointScorer`): each example is rendered with the candidate template and sent as one
+chat message (temperature 0); the answer is read as the class whose label word appears first in it. Each
+(prompt, example) is one query of the search budget, memoised like the engine's answers, so resume and
+reruns (with the response cache) cost nothing. Generative tasks (`GenerativeEndpointScorer`): the task's metric on the
+endpoint's answers, cut at the task's stop strings, one query per example likewise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..llm import LLM, ChatRequest
+from ..generative import GenerationSetup
+from ..llm import LLM, ChatRequest, LLMBudgetExhausted
 from ..prompts.hard import HardPrompt
 from ..tasks import Example, Task
 from .state import SearchState
@@ -68,5 +70,98 @@ class EndpointScorer:
         return out
 
     def fitness(self, scores: torch.Tensor) -> float:
+        return float(self.per_example(scores).mean())
+
+    def per_example(self, scores: torch.Tensor) -> torch.Tensor:
+        """(n,) 1.0 where the answer names the gold class, else 0.0 (an answer naming no class is wrong)."""
         answered = torch.isfinite(scores).any(1)
-        return float(((scores.argmax(1) == self.golds) & answered).float().mean())
+        return ((scores.argmax(1) == self.golds) & answered).float()
+
+
+class GenerativeEndpointScorer:
+    """A generative task's primary metric on the endpoint's answers: the interface of `MetricScorer` (score,
+    fitness, per_example, outputs, worst_case). Per prompt (n, 2): each example's metric value and the
+    queries it took (1).
+
+    Each example is rendered with the candidate template and sent as one chat message (temperature 0,
+    `max_tokens` = the task's `max_new_tokens`); the answer, its leading whitespace dropped (a chat answer
+    starts a message of its own, not the template's continuation), is cut at the task's first stop string
+    and scored against the acceptable answers. Each (prompt, example) is one query of the search budget,
+    whatever the answer's length: the endpoint's cost is its calls, not our forward passes."""
+
+    golds = None  # no label indices: per-example figures come from `per_example`
+    kind = "metric"
+
+    def __init__(self, llm: LLM, task: Task, examples: Sequence[Example], state: SearchState | None, name: str):
+        self.llm = llm
+        self.task = task
+        self.examples = list(examples)
+        self.state = state
+        self.name = f"endpoint-{name}-gen"
+        self.setup = GenerationSetup.of_task(task)
+        self.primary = self.setup.primary
+        self.answers = [list(ex.answers) for ex in self.examples]
+        self._outputs: dict[str, list[str]] = {}
+        self.fitness_name = f"{self.primary} on the endpoint's answers"  # what a search's trace says it ranks by
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def worst_case(self) -> int:
+        """The queries scoring one prompt takes."""
+        return len(self)
+
+    def render(self, template: str) -> list[str]:
+        return [template.format_map(ex.fields) for ex in self.examples]
+
+    def score(self, prompts: Sequence[HardPrompt | str]) -> list[torch.Tensor]:
+        """Per prompt (in order, as many as the budget pays for: one query per example)."""
+        out = []
+        for p in prompts:
+            template = p.template if isinstance(p, HardPrompt) else p
+            key = f"{self.name}:{template}"
+            if self.state is not None and not self.state.charge(key, len(self)):
+                break
+            hit = self.state.cached(key) if self.state is not None else None
+            if hit is None:
+                outs = self._ask(template)
+                values = [self.metric(o, a) for o, a in zip(outs, self.answers, strict=True)]
+                hit = torch.tensor([values, [1.0] * len(outs)], dtype=torch.float32).T.contiguous()
+                if self.state is not None:
+                    hit = self.state.remember(key, hit)
+            out.append(hit)
+        return out
+
+    def fitness(self, scores: torch.Tensor) -> float:
+        """The primary metric's mean over the examples."""
+        return float(scores[:, 0].mean())
+
+    def per_example(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores[:, 0]
+
+    def outputs(self, prompt: HardPrompt | str) -> list[str]:
+        """The endpoint's answers behind `prompt`, cut as scored (asked again, from the response cache, when a
+        resumed run has only its scores)."""
+        template = prompt.template if isinstance(prompt, HardPrompt) else prompt
+        if template not in self._outputs:
+            self._ask(template)
+        return self._outputs[template]
+
+    def metric(self, output: str, answers: Sequence[str]) -> float:
+        return next(fn(output, list(answers)) for name, fn in self.setup.metrics if name == self.primary)
+
+    def cut(self, text: str) -> str:
+        """The answer up to the task's first stop string."""
+        text = text.lstrip()
+        ends = [i for i in (text.find(s) for s in self.setup.stop) if i >= 0]
+        return text[: min(ends)] if ends else text
+
+    def _ask(self, template: str) -> list[str]:
+        requests = [ChatRequest.of(text, temperature=0.0, max_tokens=self.setup.max_new_tokens)
+                    for text in self.render(template)]
+        done = self.llm.chat_many(requests, purpose="task")
+        if len(done) < len(requests):
+            raise LLMBudgetExhausted(self.llm.budget_message())
+        self._outputs[template] = [self.cut(c.texts[0]) for c in done]
+        return self._outputs[template]

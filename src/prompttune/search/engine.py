@@ -114,6 +114,11 @@ class CandidateScorer:
     def fitness(self, scores: torch.Tensor) -> float:
         return fitness(scores, self.golds)
 
+    def per_example(self, scores: torch.Tensor) -> torch.Tensor:
+        """(n,) 1.0 where the prompt's answer is right, else 0.0 (what sign tests between two prompts compare,
+        as the generative scorers' per-example metric)."""
+        return (scores.argmax(1) == self.golds).float()
+
     # ------------------------------------------------------------------ candidate before the input
     @torch.inference_mode()
     def _score_before_input(self, template: str, chunk: int = 64) -> torch.Tensor:

@@ -8,6 +8,8 @@ import re
 import torch
 import torch.nn.functional as F
 
+from ..prompts.hard import split_template
+
 
 def phrases(text: str, max_words: int = 3) -> list[str]:
     """Split at punctuation, then into chunks of at most `max_words` words (GrIPS edits phrases)."""
@@ -93,3 +95,10 @@ def mutate(text: str, rng: random.Random, pool: list[str], rate: float = 0.3) ->
     if not touched:
         out[rng.randrange(len(out))] = rng.choice(pool)
     return " ".join(out) or rng.choice(pool)
+
+
+def line_separator(template: str, text: str) -> str:
+    """`text` as a separator of a generative template: its own line when the answer cue starts one (as in
+    "Input: {input}\\nOutput:"), so that it does not run into the input the answer is about."""
+    text = text.strip().replace("\n", " ")
+    return ("\n" if split_template(template)[1].startswith("\n") else " ") + text

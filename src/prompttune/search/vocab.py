@@ -41,3 +41,28 @@ def read_word_list(path: str) -> list[str]:
     if not words:
         raise ConfigError(f"word list {file} has no words (one per line)")
     return words
+
+
+
+@functools.lru_cache(maxsize=4)
+def _common_words(tokenizer, n: int) -> tuple[tuple[int, str], ...]:
+    out = []
+    for i in _word_tokens(tokenizer):  # ids ascend with BPE merge order: the most frequent words come first
+        text = tokenizer.decode([i])
+        if text.startswith(" ") and text[1:].islower() and len(text) > 3:
+            out.append((i, text[1:]))
+            if len(out) == n:
+                break
+    return tuple(out)
+
+
+def common_words(tokenizer, n: int = 3000) -> list[str]:
+    """The `n` most frequent lowercase whole-word tokens (a leading space, three letters or more): words an
+    instruction or a separator line on a generative task is made of, where any readable token (word pieces,
+    names, code) would only add noise to an instruction."""
+    return [w for _, w in _common_words(tokenizer, n)]
+
+
+def common_word_ids(tokenizer, n: int = 3000) -> torch.Tensor:
+    """The token ids of `common_words` (with their leading space)."""
+    return torch.tensor([i for i, _ in _common_words(tokenizer, n)], dtype=torch.long)

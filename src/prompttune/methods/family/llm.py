@@ -7,6 +7,13 @@ endpoint with `--llm-base-url`; its calls are cached, ledgered and limited by `-
 `--max-tokens`). Every candidate is recorded in the trace with its score, the operation that made
 it, its parents and the LLM text (critique) behind it. When the LLM budget is spent the search
 stops and picks its result from what it has.
+
+On a generative task (the answer is text) the candidates are ranked on train by the target's
+log-likelihood (`LikelihoodScorer`: cheap and smooth where a small model's exact match is mostly 0) and
+picked on dev by the task's metric on greedy answers (`MetricScorer`); what the optimiser LLM reads comes
+from the metric: the examples it is shown carry their target text, ProTeGi's critiques see the failures'
+produced answers, OPRO's trajectory shows the metric in 0-100. With a task endpoint
+(`task_llm_base_url`) every score is the metric on the endpoint's answers (`GenerativeEndpointScorer`).
 """
 
 from __future__ import annotations
@@ -15,13 +22,11 @@ import math
 import re
 from typing import Any
 
-import torch
 from pydantic import Field
 
 from ...llm import LLM, ChatRequest, LLMBudgetExhausted, make_llm
 from ...prompts.hard import HardPrompt
-from ...search.endpoint import EndpointScorer
-from ...search.engine import CandidateScorer
+from ...search.endpoint import EndpointScorer, GenerativeEndpointScorer
 from ..base import MethodResult, RunContext
 from .search import HardPromptSearch, SearchConfig, default_instruction
 
@@ -50,7 +55,8 @@ class LLMSearchConfig(SearchConfig):
     llm_max_tokens: int = Field(96, ge=8, description="tokens per LLM answer")
     task_llm_base_url: str | None = Field(
         None, description="score prompts with a task model behind this OpenAI-compatible endpoint (its answers "
-                          "matched to the label words) instead of the local --model")
+                          "matched to the label words; on a generative task, the task's metric on its answers) "
+                          "instead of the local --model")
     task_llm: str | None = Field(None, description="the endpoint's task model name (with task_llm_base_url)")
     replace_p: float = Field(
         0.1, gt=0.0, le=1.0,
@@ -65,6 +71,12 @@ class LLMPromptSearch(HardPromptSearch):
     def base_prompt(self, ctx: RunContext) -> HardPrompt:
         """The starting prompt: the result is never worse than it on dev."""
         return self.prompt(self.config.instruction or default_instruction(ctx))  # type: ignore[attr-defined]
+
+    def dev_passes_per_example(self, ctx: RunContext) -> int:
+        """A task endpoint costs one query per example, whatever it generates."""
+        if self.config.task_llm_base_url:  # type: ignore[attr-defined]
+            return 1
+        return super().dev_passes_per_example(ctx)
 
     def prompt(self, instruction: str) -> HardPrompt:
         return HardPrompt.build(self.ctx.task.spec.template, instruction=instruction)
@@ -104,17 +116,14 @@ class LLMPromptSearch(HardPromptSearch):
     def keep_start_unless_significant(self, result: MethodResult) -> MethodResult:
         """LLM-written candidates are many and dev sets few-shot small, so the best on dev is often best
         by luck. The pick replaces the starting prompt only when it wins a one-sided sign test on the dev
-        examples where the two disagree (answers come from the memo: no new forward passes)."""
+        examples where the two disagree: per example, right against wrong (classification) or the higher
+        metric value (generative). The scores come from the memo: no new forward passes or queries."""
         cfg: LLMSearchConfig = self.config  # type: ignore[assignment]
         chosen = HardPrompt.from_meta(result.text_prompt or {})
         if chosen.template == self.base.template:
             return result
-        mine, start = self.dev_scorer.score([chosen, self.base])
-        golds = self.dev_scorer.golds
-        # (an endpoint answer naming no label is all -inf: wrong, whatever argmax says)
-        right = (mine.argmax(1) == golds) & torch.isfinite(mine).any(1)
-        start_right = (start.argmax(1) == golds) & torch.isfinite(start).any(1)
-        wins, losses = int((right & ~start_right).sum()), int((~right & start_right).sum())
+        mine, start = (self.dev_scorer.per_example(s) for s in self.dev_scorer.score([chosen, self.base]))
+        wins, losses = int((mine > start).sum()), int((mine < start).sum())
         p = sign_test_p(wins, losses)
         result.info["vs_start_on_dev"] = {"wins": wins, "losses": losses, "p": round(p, 4)}
         if p >= cfg.replace_p:
@@ -123,11 +132,14 @@ class LLMPromptSearch(HardPromptSearch):
         return result
 
     # ------------------------------------------------------------------ helpers for subclasses
-    def make_scorer(self, examples, name: str):
-        """Scores prompts on `examples`: the local model's engine, or the task endpoint."""
+    def make_scorer(self, examples, name: str, confirm: bool = False):
+        """Scores prompts on `examples`: the local model (on a generative task the target likelihood, or with
+        `confirm` the metric on greedy answers), or the task endpoint (label words, or the metric on its
+        answers: an endpoint gives no likelihood)."""
         if self.task_llm is not None:
-            return EndpointScorer(self.task_llm, self.ctx.task, examples, self.state, name)
-        return CandidateScorer(self.ctx.backbone, self.ctx.task, self.labels, examples, self.state, name)
+            cls = GenerativeEndpointScorer if self.ctx.task.is_generative else EndpointScorer
+            return cls(self.task_llm, self.ctx.task, examples, self.state, name)
+        return self.scorer(examples, name, confirm)
 
     def ask(self, prompts: list[str], purpose: str, n: int = 1, temperature: float | None = None) -> list[list[str]]:
         """The LLM's `n` answers to each prompt (as many prompts as the LLM budget pays for; an empty
@@ -181,10 +193,21 @@ def clean_instruction(text: str) -> str:
 
 
 def example_lines(ctx: RunContext, examples, with_label: bool = True) -> list[str]:
-    """Examples as text for a meta-prompt: the input fields, and the gold label word."""
+    """Examples as text for a meta-prompt: the input fields, and the gold label word (a generative task's:
+    the target text, as APE's instruction-induction demonstrations show it)."""
     out = []
     for ex in examples:
-        inp = " ".join(str(v) for v in ex.fields.values())
-        label = ctx.task.words()[ctx.task.label_index(ex)][0].strip()
+        inp = example_input(ctx, ex)
+        if ctx.task.is_generative:
+            label = ctx.task.target_text(ex).strip()
+        else:
+            label = ctx.task.words()[ctx.task.label_index(ex)][0].strip()
         out.append(f"Input: {inp}\nOutput: {label}" if with_label else f"Input: {inp}")
     return out
+
+
+def example_input(ctx: RunContext, example) -> str:
+    """An example's input fields as one text (a generative example's fields may hold more than its input)."""
+    if ctx.task.is_generative:
+        return " ".join(str(example.fields[f]) for f in ctx.task.spec.input_fields)
+    return " ".join(str(v) for v in example.fields.values())

@@ -21,6 +21,7 @@ from pydantic import Field
 from ...errors import ConfigError
 from ...prompts.hard import HardPrompt
 from ...search.engine import CandidateScorer
+from ...search.generative import LikelihoodScorer, MetricScorer
 from ...search.state import SearchState
 from ..base import Method, MethodConfig, MethodResult, RunContext
 
@@ -34,7 +35,10 @@ def check_budget(method: str, budget: int | None, needed: int, parts: str, inste
 
 
 def default_instruction(ctx: RunContext) -> str:
-    """A plain instruction built from the task's label words: where instruction searches start."""
+    """A plain instruction built from the task's label words (a generative task's: a generic one): where
+    instruction searches start."""
+    if ctx.task.is_generative:
+        return "Write the output for the input."
     words = [w[0].strip() for w in ctx.task.words()]
     return f"Classify the text as one of: {', '.join(words)}."
 
@@ -67,19 +71,43 @@ class HardPromptSearch(Method):
 
     # ------------------------------------------------------------------ shared
     def start(self, ctx: RunContext, labels=None) -> None:
-        """Budget check, state, scorers. Raises before anything is written when the budget is too small."""
+        """Budget check, state, scorers. Raises before anything is written when the budget is too small.
+
+        On a generative task the train scorer is the target likelihood (one pass per example) and the dev
+        scorer the metric on greedy generations (up to `max_new_tokens` passes per example, reserved at
+        that worst case); the default `--budget` then pays for that reserve on top of its 3000."""
         cfg: SearchConfig = self.config  # type: ignore[assignment]
         self.ctx = ctx
         self.labels = labels or ctx.labels
         n_train, n_dev, k = len(ctx.data.train), len(ctx.data.dev), self.first_round(ctx)
-        self.reserve = (cfg.finalists + 1) * n_dev
-        check_budget(self.name, cfg.budget, (1 + k) * n_train + self.reserve,
+        generative = ctx.task.is_generative
+        per_dev = self.dev_passes_per_example(ctx)
+        self.reserve = (cfg.finalists + 1) * n_dev * per_dev
+        self.budget = cfg.budget
+        if generative and "budget" not in cfg.model_fields_set:
+            self.budget = cfg.budget + self.reserve
+        unit = f" x {per_dev} generated tokens" if per_dev > 1 else ""
+        check_budget(self.name, self.budget, (1 + k) * n_train + self.reserve,
                      f"the template and {k} candidate(s) x {n_train} train examples, then {cfg.finalists + 1} "
-                     f"finalists x {n_dev} dev examples to pick the result")
-        self.state = SearchState(ctx.out_dir, cfg.budget - self.reserve, ctx.resume, ctx.run_fingerprint, ctx.callbacks)
-        self.train_scorer = CandidateScorer(ctx.backbone, ctx.task, self.labels, ctx.data.train, self.state, "train")
-        self.dev_scorer = CandidateScorer(ctx.backbone, ctx.task, self.labels, ctx.data.dev, self.state, "dev")
+                     f"finalists x {n_dev} dev examples{unit} to pick the result")
+        self.state = SearchState(ctx.out_dir, self.budget - self.reserve, ctx.resume, ctx.run_fingerprint,
+                                 ctx.callbacks)
+        self.train_scorer = self.scorer(ctx.data.train, "train")
+        self.dev_scorer = self.scorer(ctx.data.dev, "dev", confirm=True)
         self.pool: dict[str, tuple[HardPrompt, float]] = {}
+
+    def dev_passes_per_example(self, ctx: RunContext) -> int:
+        """The most one dev example costs: one pass, or generating an answer (`max_new_tokens` passes)."""
+        return ctx.task.generation.max_new_tokens if ctx.task.is_generative else 1
+
+    def scorer(self, examples, name: str, confirm: bool = False):
+        """Scores prompts on `examples`: label scores on a classification task; on a generative task the
+        target likelihood, or (`confirm`) the metric on greedy generations."""
+        ctx = self.ctx
+        if not ctx.task.is_generative:
+            return CandidateScorer(ctx.backbone, ctx.task, self.labels, examples, self.state, name)
+        cls = MetricScorer if confirm else LikelihoodScorer
+        return cls(ctx.backbone, ctx.task, examples, self.state, name)
 
     def fit(self, ctx: RunContext) -> MethodResult:
         self.start(ctx)
@@ -96,7 +124,9 @@ class HardPromptSearch(Method):
         for i, (prompt, s) in enumerate(zip(prompts, scores, strict=False)):
             fit = self.train_scorer.fitness(s)
             if prompt.template not in self.pool:
-                self.state.record(fit, candidate=prompt.describe(), **(origins[i] if origins else {}))
+                fitness = getattr(self.train_scorer, "fitness_name", "target log-likelihood per token")
+                fields = {"fitness": fitness} if self.ctx.task.is_generative else {}
+                self.state.record(fit, candidate=prompt.describe(), **fields, **(origins[i] if origins else {}))
             self.pool[prompt.template] = (prompt, fit)
             out.append(fit)
         return out
@@ -107,7 +137,7 @@ class HardPromptSearch(Method):
 
     def finish(self, extra_info: dict[str, Any] | None = None) -> MethodResult:
         cfg: SearchConfig = self.config  # type: ignore[assignment]
-        self.state.limit = cfg.budget  # the reserve is now spent on dev
+        self.state.limit = self.budget  # the reserve is now spent on dev
         ranked = sorted(self.pool.values(), key=lambda pf: -pf[1])
         finalists = [p for p, _ in ranked[: cfg.finalists]]
         if self.base.template not in {p.template for p in finalists}:
@@ -116,10 +146,14 @@ class HardPromptSearch(Method):
         dev_fit = [self.dev_scorer.fitness(s) for s in dev_scores]
         best = max(range(len(dev_fit)), key=lambda i: (dev_fit[i], self.pool[finalists[i].template][1]))
         chosen = finalists[best]
+        if self.ctx.task.is_generative:  # the trace ranks on likelihood; say what the finalists scored on dev
+            for p, f in zip(finalists, dev_fit, strict=True):
+                self.state.trace.append({"queries": self.state.used, "stage": "dev", "candidate": p.describe(),
+                                         "metric": self.ctx.task.primary_metric, "score": round(f, 6)})
         self.state.round_done()
         info = {
             "queries_used": self.state.used,
-            "budget": cfg.budget,
+            "budget": self.budget,
             "candidates_scored": len(self.pool),
             "train_fitness": self.pool[chosen.template][1],
             "dev_fitness": dev_fit[best],
