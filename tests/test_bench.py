@@ -467,8 +467,8 @@ def test_a_grid_mixes_classification_and_generative_tasks_each_scored_by_its_pri
 def test_a_grid_refuses_a_method_that_cannot_learn_a_generative_task(tmp_path, data_dir):
     path = _write(tmp_path / "grid.yaml", f"models: [smollm2-135m]\ntasks: [sst2, 'ii:singular_to_plural']\n"
                                           f"data_dir: {data_dir}\nshots: [4]\nseeds: [0]\n"
-                                          "methods: [zero-shot, autoprompt]")
-    with pytest.raises(ConfigError, match=r"grid.yaml:6: methods\[1\]: method 'autoprompt' cannot learn a prompt "
+                                          "methods: [zero-shot, prompt-boosting]")
+    with pytest.raises(ConfigError, match=r"grid.yaml:6: methods\[1\]: method 'prompt-boosting' cannot learn a prompt "
                                           r"for generative task 'ii:singular_to_plural'"):
         load_grid(path)
 

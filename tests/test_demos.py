@@ -65,6 +65,8 @@ def test_bootstrapped_demos_beat_the_bare_template_and_match_or_beat_random_ones
     assert dev_rows and all(h["metric"] == "exact_match" for h in dev_rows)
     ranked = [h for h in boot.meta["history"] if "demos" in h]
     assert ranked and all(h["ranked_on"] == SHOTS - len(h["demos"]) for h in ranked)  # never on its own demos
+    dev = {name: r.meta["metrics"]["dev"]["exact_match"] for name, r in (("random", rnd), ("bootstrap", boot))}
+    assert dev["bootstrap"] >= dev["random"]  # the labelled draw is always confirmed on dev beside the finalists
     assert boot.score >= rnd.score and boot.score > zero.score
 
 

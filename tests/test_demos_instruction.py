@@ -5,7 +5,7 @@ the held-out slice were fixed before the first run."""
 from __future__ import annotations
 
 import prompttune
-from prompttune.generative import evaluate_generation
+from prompttune.generative import GenerationSetup, evaluate_generation, generate_answers
 from prompttune.kinds.text import held_out
 from prompttune.prompts.hard import HardPrompt
 from prompttune.tasks import load_task
@@ -21,10 +21,13 @@ def test_joint_search_ends_at_or_above_its_start_and_records_instruction_and_dem
                               llm_cache=str(tmp_path / "llm.sqlite"))
     info, history, text = report.meta["info"], report.meta["history"], report.meta["text_prompt"]
     assert info["queries_used"] <= BUDGET and info["llm"]["calls"] >= 1
-    ops = {h.get("op") for h in history}
-    assert {"demos", "instruction"} <= ops or {"demos"} <= ops  # the marginals (instruction ones need an answer)
+    ops = [h.get("op") for h in history]
+    # the marginal of the sets: the labelled draw and one seeded draw (no demonstrations: the start, already scored)
+    assert ops.count("start") == 1 and ops.count("demos") == 2
     ranked = [h for h in history if "demos" in h]
-    assert ranked and all(h["ranked_on"] == SHOTS - len(h["demos"]) for h in ranked)  # never on its own demos
+    # never ranked on its own demonstrations, nor on the examples its instruction was induced from
+    assert ranked and all(h["ranked_on"] == SHOTS - len(set(h["demos"]) | set(h["induced_from"])) for h in ranked)
+    assert any(h["induced_from"] for h in ranked if h["op"] == "instruction")
     dev_rows = [h for h in history if h.get("stage") == "dev"]
     assert dev_rows and all(h["metric"] == "exact_match" for h in dev_rows)
 
@@ -37,8 +40,11 @@ def test_joint_search_ends_at_or_above_its_start_and_records_instruction_and_dem
           f"({len(text.get('demos', []))} demos, instruction {text['instruction']!r:.60})")
     assert report.test.n == EVAL_LIMIT
     assert report.score >= start.score
-    # the artifact applies its demonstrations unchanged after a reload
+    # the artifact's template is its instruction, its demonstrations and the task's template, applied after a reload
+    base = load_task(TASK, data_dir).spec.template
+    assert text["template"] == HardPrompt.build(base, instruction=text["instruction"],
+                                                demos=text.get("demos", [])).template
     loaded = prompttune.load(report.out_dir, backbone)
-    assert loaded.generate(["box"]) == prompttune.load(report.out_dir, backbone).generate(["box"])
-    if text.get("demos"):
-        assert all(d["answer"] in text["template"] for d in text["demos"])
+    assert loaded.render("box") == text["template"].format_map({"input": "box"})
+    assert loaded.generate(["box"]) == generate_answers(backbone, GenerationSetup.of_task(task), [{"input": "box"}],
+                                                        HardPrompt.from_meta(text))

@@ -100,8 +100,13 @@ TINY = {
 
 
 @pytest.mark.parametrize("method", sorted(TINY))
-def test_gradient_and_black_box_searches_end_at_or_above_their_start_on_dev(method, backbone, data_dir, plurals,
-                                                                              tmp_path):
+def test_gradient_and_black_box_searches_find_a_likelier_prompt_and_pick_on_dev(method, backbone, data_dir, plurals,
+                                                                                 tmp_path):
+    """Zero-shot exact match is 0 here and these tiny budgets rarely move it, so the learning asserted is on the
+    fitness PEZ and BBT optimise, the target's likelihood (strictly better than where they started). AutoPrompt
+    at this budget (2 iterations x 3 candidates) found no trigger likelier than the plain template on its first
+    run, so for it this is a run-through check: triggers ranked by likelihood, the pick on dev by the metric on
+    generations, never below the start's."""
     report = prompttune.train(method, backbone, TASK, data_dir, out=tmp_path / method, **RUN, **TINY[method])
     info, history = report.meta["info"], report.meta["history"]
     assert report.primary_metric == "exact_match" and report.test.n == RUN["eval_limit"]
@@ -118,7 +123,9 @@ def test_gradient_and_black_box_searches_end_at_or_above_their_start_on_dev(meth
         assert info["best_dev_score"] >= info["initial_dev_score"]
     if method == "pez":
         assert history[0]["step"] == 0 and history[0]["dev_accuracy"] == info["initial_dev_score"]
+        later = [h["dev_loss"] for h in history[1:] if "dev_loss" in h]
+        assert later and min(later) < history[0]["dev_loss"]  # the dev target NLL per token went down
         assert report.meta["text_prompt"]["instruction"]
     if method == "bbt":
         assert info["queries_used"] <= info["budget"] == TINY["bbt"]["budget"]
-        assert info["best_train_loss"] <= -history[0]["score"]  # the target NLL per token it started from
+        assert info["best_train_loss"] < -history[0]["score"]  # the target NLL per token it started from

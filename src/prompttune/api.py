@@ -130,7 +130,7 @@ def train(
         raise ConfigError(f"--port-to evaluates text prompts on other models; method '{method}' does not learn a "
                           "text prompt (a soft prompt is tied to its model)")
     ports = [_backbone(kind, m, device, dtype) for m in port_to or []]  # a bad model id fails before training
-    config = method_obj.config.model_dump()
+    config = method_obj.run_identity(prepared.task)
     identity = {"method": method, "config": kind.identity_config(config), "seed": seed,
                 "backbone": backbone.fingerprint, **prepared.identity}
     fingerprint = run_fingerprint(identity)

@@ -97,6 +97,16 @@ class Method(ABC):
                 "Value error, ")
             raise ConfigError(f"method '{cls.name}': {key}: {msg} (its hyper-parameters: {known or 'none'})") from None
 
+    def run_identity(self, task: Any) -> dict[str, Any]:
+        """The hyper-parameters as the run fingerprint records them. A query `budget` left unset on a
+        generative task grows by the dev pick's reserve (`family.search.resolved_budget`), so such a run is
+        told apart from one given the same number explicitly (on --resume, and in prompt.json)."""
+        config = self.config.model_dump()
+        if ("budget" in config and getattr(task, "is_generative", False)
+                and "budget" not in self.config.model_fields_set):
+            config["budget"] = f"{config['budget']} + the dev reserve"
+        return config
+
     @abstractmethod
     def fit(self, ctx: RunContext) -> MethodResult:
         """Learn a prompt on `ctx.data.train`, selecting on `ctx.data.dev`."""

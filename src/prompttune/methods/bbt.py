@@ -35,7 +35,7 @@ from ..objectives import objective_for
 from ..prompts import SoftPrompt
 from ..search.state import SearchState
 from .base import Method, MethodConfig, MethodResult, RunContext, register
-from .family.search import check_budget, default_instruction
+from .family.search import check_budget, default_instruction, resolved_budget
 
 
 class BBTConfig(MethodConfig):
@@ -71,7 +71,7 @@ class BBT(Method):
         generative = ctx.task.is_generative
         per_dev = 1 + ctx.task.generation.max_new_tokens if generative else 1
         reserve = (cfg.finalists + 1) * n_dev * per_dev
-        budget = cfg.budget + reserve if generative and "budget" not in cfg.model_fields_set else cfg.budget
+        budget = resolved_budget(cfg, ctx, reserve)
         first = (popsize + 1) * n_train
         unit = f" x {per_dev} passes (target NLL and generated tokens)" if generative else ""
         check_budget(self.name, budget, first + reserve,

@@ -39,7 +39,7 @@ from ..search.engine import CandidateScorer
 from ..search.generative import MetricScorer
 from .base import MethodConfig, RunContext, register
 from .family.demos import DemoRanking, DemosConfig, check_pool, demos_prompt, labelled_draw
-from .family.search import HardPromptSearch, SearchConfig, check_budget
+from .family.search import HardPromptSearch, SearchConfig, check_budget, resolved_budget
 
 
 class DemosBootstrapConfig(DemosConfig, SearchConfig):
@@ -66,16 +66,24 @@ class DemosBootstrap(DemoRanking, HardPromptSearch):
         check_pool(self.name, cfg.k, n, spare=1)
         generative = ctx.task.is_generative
         per = ctx.task.generation.max_new_tokens if generative else 1
-        reserve = (cfg.finalists + 1) * n_dev * per
-        budget = cfg.budget + reserve if generative and "budget" not in cfg.model_fields_set else cfg.budget
+        reserve = (cfg.finalists + 1 + self.extra_finalists) * n_dev * per
+        budget = resolved_budget(cfg, ctx, reserve)
         unit = f" x {per} generated tokens" if generative else ""
+        confirmed = cfg.finalists + 1 + self.extra_finalists
         check_budget(self.name, budget, n * per + 3 * n + reserve,
                      f"the teacher answering {n} train examples{unit}, the template and 2 demonstration sets x {n} "
-                     f"train examples, then {cfg.finalists + 1} finalists x {n_dev} dev examples{unit}")
+                     f"train examples, then {confirmed} finalists x {n_dev} dev examples{unit}")
         super().start(ctx, labels)
 
     def base_prompt(self, ctx: RunContext) -> HardPrompt:
         return HardPrompt.build(ctx.task.spec.template, instruction=self.config.instruction)  # type: ignore[attr-defined]
+
+    extra_finalists = 1  # the labelled draw
+
+    def also_confirm(self) -> list[HardPrompt]:
+        """The labelled draw (demos-random's prompt) is always confirmed on dev: never worse on dev than it."""
+        cfg: DemosBootstrapConfig = self.config  # type: ignore[assignment]
+        return [demos_prompt(self.ctx, labelled_draw(len(self.ctx.data.train), cfg.k, self.ctx.seed), cfg.instruction)]
 
     # ------------------------------------------------------------------ the search
     def search(self, ctx: RunContext) -> None:

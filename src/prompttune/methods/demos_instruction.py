@@ -13,10 +13,11 @@
    instruction's gain, plus the set's gain), best first.
 
 Every candidate is `HardPrompt.build(template, instruction, demos)`: plain text, applied like any hard
-prompt. It is ranked on the train examples outside its own demonstrations (no leakage: see
-`family/demos.py`), and the finalists are confirmed on dev by the task's metric (greedy generations on a
-generative task); the pick replaces the start only when it wins the sign test on dev
-(`keep_start_unless_significant`). `--budget` counts forward passes; the LLM budget counts calls and tokens.
+prompt. It is ranked on the train examples outside its own demonstrations and outside those its
+instruction was induced from (the trace's `induced_from`; no leakage: see `family/demos.py`), and the
+finalists are confirmed on dev by the task's metric (greedy generations on a generative task); the pick
+replaces the start only when it wins the sign test on dev (`keep_start_unless_significant`). `--budget`
+counts forward passes; the LLM budget counts calls and tokens.
 """
 
 from __future__ import annotations
@@ -51,10 +52,15 @@ class DemosInstruction(DemoRanking, LLMPromptSearch):
         cfg: DemosInstructionConfig = self.config  # type: ignore[assignment]
         return 2 + cfg.n_demo_sets
 
+    def start(self, ctx: RunContext, labels=None) -> None:
+        cfg: DemosInstructionConfig = self.config  # type: ignore[assignment]
+        check_pool(self.name, cfg.k, len(ctx.data.train), spare=1)  # before anything runs
+        self.induced_from: dict[str, tuple[int, ...]] = {}  # instruction -> the train examples the LLM saw
+        super().start(ctx, labels)
+
     def search(self, ctx: RunContext) -> None:
         cfg: DemosInstructionConfig = self.config  # type: ignore[assignment]
         n = len(ctx.data.train)
-        check_pool(self.name, cfg.k, n, spare=1)
         start = self.base.instruction
         sets: list[list[int]] = [[], labelled_draw(n, cfg.k, ctx.seed)]
         for i in range(cfg.n_demo_sets):
@@ -64,13 +70,15 @@ class DemosInstruction(DemoRanking, LLMPromptSearch):
         set_fit = dict(enumerate(self.score_demos([(start, s) for s in sets], "demos")))
         base_fit = set_fit.get(0, self.pool[self.base.template][1])
         # instructions induced from the sets (grounded proposals), scored without demonstrations: the other
+        sources = [s for s in (sets[1:] * cfg.n_instructions)[: cfg.n_instructions] if s]
         metas = [INDUCE.format(n=len(s), demos="\n\n".join(example_lines(ctx, [ctx.data.train[i] for i in s])))
-                 for s in (sets[1:] * cfg.n_instructions)[: cfg.n_instructions] if s]
+                 for s in sources]
         instructions = [start]
-        for answer in self.ask(metas, "induce") if metas else []:
+        for answer, source in zip(self.ask(metas, "induce") if metas else [], sources, strict=False):
             for text in extract_instructions(answer[0])[:1]:
                 if text not in instructions:
                     instructions.append(text)
+                    self.induced_from[text] = tuple(source)
         ins_fit = {0: base_fit}
         fits = self.score_demos([(t, []) for t in instructions[1:]], "instruction")
         ins_fit.update({i + 1: f for i, f in enumerate(fits)})
@@ -88,10 +96,14 @@ class DemosInstruction(DemoRanking, LLMPromptSearch):
     def score_demos(self, combos: list[tuple[str, list[int]]], op: str) -> list[float]:
         """Train fitness of each (instruction, demo set) prompt, one round; as many as the budget pays for."""
         prompts: list[HardPrompt] = []
+        origins = []
         for instruction, demos in combos:
             prompt = demos_prompt(self.ctx, demos, instruction)
-            self.demo_sets[prompt.template] = tuple(demos)
+            seen = self.induced_from.get(instruction, ())
+            # ranked outside its demonstrations and the examples its instruction was induced from (it may quote them)
+            self.demo_sets[prompt.template] = tuple(dict.fromkeys([*demos, *seen]))
             prompts.append(prompt)
-        fits = self.evaluate(prompts, [{"op": op, "instruction": t, "demos": list(d)} for t, d in combos])
+            origins.append({"op": op, "instruction": instruction, "demos": list(demos), "induced_from": list(seen)})
+        fits = self.evaluate(prompts, origins)
         self.state.round_done()
         return fits

@@ -25,7 +25,7 @@ from ..search.generative import MetricScorer
 from ..search.text_edits import line_separator
 from ..search.vocab import word_token_ids
 from .base import RunContext, register
-from .family.search import HardPromptSearch, SearchConfig, check_budget
+from .family.search import HardPromptSearch, SearchConfig, check_budget, resolved_budget
 
 
 class RLPromptConfig(SearchConfig):
@@ -64,7 +64,7 @@ class RLPrompt(HardPromptSearch):
             cfg: RLPromptConfig = self.config  # type: ignore[assignment]
             n_train, n_dev, new = len(ctx.data.train), len(ctx.data.dev), ctx.task.generation.max_new_tokens
             reserve = (cfg.finalists + 1) * n_dev * new
-            budget = cfg.budget + reserve if "budget" not in cfg.model_fields_set else cfg.budget
+            budget = resolved_budget(cfg, ctx, reserve)
             check_budget(self.name, budget, (cfg.samples + 1) * n_train * new + n_train + reserve,
                          f"the template and {cfg.samples} sampled prompts x {n_train} train examples x {new} "
                          f"generated tokens, the policy's vocabulary on {n_train} examples, then "

@@ -198,9 +198,10 @@ class Select(Method):
         (`metric`) or on every k-shot input (`consistency`); then the pick."""
         cfg: SelectConfig = self.config  # type: ignore[assignment]
         bb, task = ctx.backbone, ctx.task
-        if criterion == "consistency" and len(prompts) < 2:
+        if criterion == "consistency" and len(prompts) < 3:
             raise ConfigError("select: criterion 'consistency' scores candidates by how their answers agree with the "
-                              "other candidates' and needs at least 2 candidates; got 1")
+                              "other candidates' and needs at least 3 candidates (two always agree with each other "
+                              f"equally); got {len(prompts)}")
         labelled = ctx.data.train + ctx.data.dev
         asked = {"metric": ctx.data.dev, "consistency": labelled}.get(criterion, [])
         new = task.generation.max_new_tokens
@@ -230,7 +231,10 @@ class Select(Method):
             for row, score in zip(rows, self._agreement(task, outputs), strict=True):
                 row["consistency"] = score
                 state.record(score, candidate=row["prompt"])
-        best = max(range(len(rows)), key=lambda i: (rows[i][criterion], rows[i]["likelihood"]))
+        if criterion == "consistency":  # label-free: ties go to the earlier candidate, not to a labelled figure
+            best = max(range(len(rows)), key=lambda i: (rows[i][criterion], -i))
+        else:
+            best = max(range(len(rows)), key=lambda i: (rows[i][criterion], rows[i]["likelihood"]))
         info = {"criterion": criterion, "metric": task.primary_metric, "selection": rows, "picked": best,
                 "queries_used": state.used, "budget": cfg.budget}
         return MethodResult("hard", {}, 0, state.trace, info, text_prompt=prompts[best].as_meta())

@@ -54,7 +54,7 @@ class HardPrompt:
     separator: str = ""
     words: tuple[str, ...] | None = None  # label words found by the search (one per class), else the task's
     # demonstrations in the template (prompts/demos.py): {"fields": {...}, "answer": "..."} each, for the record
-    demos: tuple[dict[str, Any], ...] = ()
+    demos: tuple[dict[str, Any], ...] = field(default=(), hash=False)  # (the template, hashed, holds them)
 
     @classmethod
     def build(
@@ -107,7 +107,8 @@ class HardPrompt:
         if self.words:
             parts.append(f"label words {list(self.words)}")
         if self.demos:
-            parts.append(f"{len(self.demos)} demonstration(s)")
+            inputs = ", ".join(repr(" / ".join(d["fields"].values())[:24]) for d in self.demos)
+            parts.append(f"{len(self.demos)} demonstration(s): {inputs}")
         return ", ".join(parts) or "the plain template"
 
 

@@ -10,6 +10,7 @@ endpoint's answers, cut at the task's stop strings, one query per example likewi
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ import torch
 
 from ..generative import GenerationSetup
 from ..llm import LLM, ChatRequest, LLMBudgetExhausted
+from ..models.causal_lm import cut_at_stop
 from ..prompts.hard import HardPrompt
 from ..tasks import Example, Task
 from .state import SearchState
@@ -130,6 +132,9 @@ class GenerativeEndpointScorer:
                 hit = torch.tensor([values, [1.0] * len(outs)], dtype=torch.float32).T.contiguous()
                 if self.state is not None:
                     hit = self.state.remember(key, hit)
+                    # the answers too: a resumed run's critique (ProTeGi) reads them without asking again
+                    self.state.remember(f"{key}:answers", torch.tensor(list(json.dumps(outs).encode()),
+                                                                       dtype=torch.uint8))
             out.append(hit)
         return out
 
@@ -141,9 +146,12 @@ class GenerativeEndpointScorer:
         return scores[:, 0]
 
     def outputs(self, prompt: HardPrompt | str) -> list[str]:
-        """The endpoint's answers behind `prompt`, cut as scored (asked again, from the response cache, when a
-        resumed run has only its scores)."""
+        """The endpoint's answers behind `prompt`, cut as scored (from the search checkpoint in a resumed run;
+        asked only for a prompt never scored)."""
         template = prompt.template if isinstance(prompt, HardPrompt) else prompt
+        saved = self.state.cached(f"{self.name}:{template}:answers") if self.state is not None else None
+        if template not in self._outputs and saved is not None:
+            self._outputs[template] = json.loads(bytes(saved.tolist()).decode())
         if template not in self._outputs:
             self._ask(template)
         return self._outputs[template]
@@ -152,10 +160,8 @@ class GenerativeEndpointScorer:
         return next(fn(output, list(answers)) for name, fn in self.setup.metrics if name == self.primary)
 
     def cut(self, text: str) -> str:
-        """The answer up to the task's first stop string."""
-        text = text.lstrip()
-        ends = [i for i in (text.find(s) for s in self.setup.stop) if i >= 0]
-        return text[: min(ends)] if ends else text
+        """The answer up to the task's first stop string (the backbone's rule), leading blanks dropped."""
+        return cut_at_stop(text.lstrip(), self.setup.stop)
 
     def _ask(self, template: str) -> list[str]:
         requests = [ChatRequest.of(text, temperature=0.0, max_tokens=self.setup.max_new_tokens)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..generative import GenerationSetup, score_outputs, target_ids
+from ..generative import GenerationSetup, target_ids
 from ..prompts.hard import HardPrompt, split_template
 from ..tasks import Example, Task
 from .engine import common_prefix
@@ -171,16 +171,17 @@ class MetricScorer(GenerativeScorer):
         room = self.state.remaining() if self.state is not None else float("inf")
         for t in templates:
             hit = self.state.cached(self._key(t)) if self.state is not None else None
-            if hit is not None:
-                cost = 0 if self._key(t) in self.state.charged else int(hit[:, 1].sum())
-                if cost > room:
-                    break
-                room -= cost
+            if hit is not None and self._key(t) in self.state.charged:  # asked before in this run: free
                 out.append(hit)
                 continue
+            # admitted against its worst case whether it is new or replayed from a resumed run's memo, so a
+            # resumed search admits exactly what the uninterrupted one did; charged what it took, below
             if self.worst_case > room:
                 break
             room -= self.worst_case
+            if hit is not None:
+                out.append(hit)
+                continue
             todo.append(len(out))
             out.append(None)
         if self.state is not None and len(out) < len(templates):
@@ -228,15 +229,3 @@ class MetricScorer(GenerativeScorer):
             passes = steps[j * n : (j + 1) * n]  # the decoding steps each answer took
             rows.append(torch.tensor([values, passes], dtype=torch.float32).T.contiguous())
         return rows
-
-    def generated_passes(self, output: str) -> int:
-        """Passes one answer took, estimated from its text (its tokens and the stop token, `max_new_tokens` at
-        most): text generated elsewhere. Re-tokenized text can count fewer tokens than were generated
-        (" world" + "s" is " worlds"), so `score` charges the decoding steps `generate` reports instead."""
-        tokens = len(self.backbone.tokenizer(output, add_special_tokens=False)["input_ids"])
-        return min(tokens + 1, self.setup.max_new_tokens)
-
-
-def metric_of(setup: GenerationSetup, outputs: Sequence[str], answers: Sequence[Sequence[str]]) -> float:
-    """The primary metric's mean of `outputs` (a convenience for methods scoring text they generated)."""
-    return score_outputs(setup, outputs, answers)[setup.primary]

@@ -34,6 +34,15 @@ def check_budget(method: str, budget: int | None, needed: int, parts: str, inste
                           f"passes ({parts}); pass at least --budget {needed}{f' or {instead}' if instead else ''}")
 
 
+def resolved_budget(cfg: Any, ctx: RunContext, reserve: int) -> int:
+    """`--budget`, grown by the dev pick's `reserve` when it was left unset on a generative task (whose dev pick
+    generates answers, `max_new_tokens` passes each at worst); the run identity records which
+    (`Method.run_identity`)."""
+    if ctx.task.is_generative and "budget" not in cfg.model_fields_set:
+        return cfg.budget + reserve
+    return cfg.budget
+
+
 def default_instruction(ctx: RunContext) -> str:
     """A plain instruction built from the task's label words (a generative task's: a generic one): where
     instruction searches start."""
@@ -57,6 +66,7 @@ class HardPromptSearch(Method):
 
     Config: ClassVar[type[MethodConfig]] = SearchConfig
     text_result: ClassVar[bool] = True  # the result is text: it can be evaluated on other models (--port-to)
+    extra_finalists: ClassVar[int] = 0  # how many prompts `also_confirm` adds to the dev pick
 
     # ------------------------------------------------------------------ for subclasses
     def first_round(self, ctx: RunContext) -> int:
@@ -69,6 +79,11 @@ class HardPromptSearch(Method):
     def base_prompt(self, ctx: RunContext) -> HardPrompt:
         return HardPrompt.build(ctx.task.spec.template)
 
+    def also_confirm(self) -> list[HardPrompt]:
+        """Candidates scored on dev beside the best `finalists` and the start whatever their train rank (the
+        result is then never worse on dev than they are); each one's dev pass is reserved (`extra_finalists`)."""
+        return []
+
     # ------------------------------------------------------------------ shared
     def start(self, ctx: RunContext, labels=None) -> None:
         """Budget check, state, scorers. Raises before anything is written when the budget is too small.
@@ -80,15 +95,13 @@ class HardPromptSearch(Method):
         self.ctx = ctx
         self.labels = labels or ctx.labels
         n_train, n_dev, k = len(ctx.data.train), len(ctx.data.dev), self.first_round(ctx)
-        generative = ctx.task.is_generative
         per_dev = self.dev_passes_per_example(ctx)
-        self.reserve = (cfg.finalists + 1) * n_dev * per_dev
-        self.budget = cfg.budget
-        if generative and "budget" not in cfg.model_fields_set:
-            self.budget = cfg.budget + self.reserve
+        self.reserve = (cfg.finalists + 1 + self.extra_finalists) * n_dev * per_dev
+        self.budget = resolved_budget(cfg, ctx, self.reserve)
         unit = f" x {per_dev} generated tokens" if per_dev > 1 else ""
+        confirmed = cfg.finalists + 1 + self.extra_finalists
         check_budget(self.name, self.budget, (1 + k) * n_train + self.reserve,
-                     f"the template and {k} candidate(s) x {n_train} train examples, then {cfg.finalists + 1} "
+                     f"the template and {k} candidate(s) x {n_train} train examples, then {confirmed} "
                      f"finalists x {n_dev} dev examples{unit} to pick the result")
         self.state = SearchState(ctx.out_dir, self.budget - self.reserve, ctx.resume, ctx.run_fingerprint,
                                  ctx.callbacks)
@@ -140,8 +153,9 @@ class HardPromptSearch(Method):
         self.state.limit = self.budget  # the reserve is now spent on dev
         ranked = sorted(self.pool.values(), key=lambda pf: -pf[1])
         finalists = [p for p, _ in ranked[: cfg.finalists]]
-        if self.base.template not in {p.template for p in finalists}:
-            finalists.append(self.base)
+        for prompt in [self.base, *self.also_confirm()]:  # the start (and a method's own reference prompts)
+            if prompt.template in self.pool and prompt.template not in {p.template for p in finalists}:
+                finalists.append(prompt)
         dev_scores = self.dev_scorer.score(finalists)
         dev_fit = [self.dev_scorer.fitness(s) for s in dev_scores]
         best = max(range(len(dev_fit)), key=lambda i: (dev_fit[i], self.pool[finalists[i].template][1]))
