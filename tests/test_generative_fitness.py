@@ -90,6 +90,25 @@ def test_metric_fitness_is_the_metric_on_greedy_answers_and_charges_their_passes
     assert state.used == passes
 
 
+def test_a_metric_round_is_admitted_at_its_worst_case_and_a_resumed_state_admits_the_same(backbone, plurals,
+                                                                                          candidates, tmp_path):
+    """The budget boundary: one pass short of the worst case (max_new_tokens per example) generates nothing and
+    marks the search exhausted; exactly the worst case generates and is charged what it took. A resumed state
+    (answers in the checkpoint, nothing charged yet) admits exactly what the first run did."""
+    examples = plurals.split("test")[:2]
+    worst = len(examples) * plurals.generation.max_new_tokens
+    short = SearchState(tmp_path / "short", worst - 1)
+    assert MetricScorer(backbone, plurals, examples, short).score(candidates[:1]) == []
+    assert short.exhausted and short.used == 0
+    first = SearchState(tmp_path / "run", worst)
+    rows = MetricScorer(backbone, plurals, examples, first).score(candidates[:2])
+    assert len(rows) == 1 and first.exhausted and 0 < first.used <= worst  # the second cannot pay its worst case
+    first.save()
+    resumed = SearchState(tmp_path / "run", worst, resume=True)
+    again = MetricScorer(backbone, plurals, examples, resumed).score(candidates[:2])
+    assert len(again) == 1 and torch.equal(again[0], rows[0]) and resumed.used == first.used
+
+
 # One tiny budget per method (fixed before the first run): 8 train, 8 dev, 8 held-out examples.
 RUN = {"shots": 8, "dev_shots": 8, "eval_limit": 8, "seed": 0, "progress": False}
 TINY = {

@@ -250,20 +250,29 @@ class CandidateScorer:
         heads = self._head_token_ids()
         tail = bb.tokenizer(self.base_tail, add_special_tokens=False)["input_ids"]
         seqs = bb.fit([heads[i] + [-1] * len(triggers) + tail for i in indices])  # ends kept: triggers, cue
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), bb.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        slot = ids < 0
-        trig = bb.embed(torch.tensor(list(triggers))).detach().requires_grad_(True)
-        embeds = bb.embed(ids.clamp(min=0)).detach()
-        order = (slot.cumsum(1) - 1).clamp(min=0)  # k-th slot of a row takes trigger k
-        embeds = torch.where(slot[..., None].to(bb.device), trig[order.to(bb.device)], embeds)
-        hidden = bb.decoder(inputs_embeds=embeds, attention_mask=mask.to(bb.device)).last_hidden_state
-        answer = hidden[torch.arange(len(seqs)), mask.sum(1) - 1]
+        trig, hidden = hidden_with_triggers(bb, seqs, triggers)
+        answer = hidden[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]
         word_rows = torch.tensor([w[0] for w in self.labels.flat], device=bb.device)
         scores = class_scores(bb._logits(answer, word_rows), self.labels)
         F.cross_entropy(scores, self.golds[list(indices)].to(scores.device)).backward()
         return trig.grad.detach().float().cpu()
+
+
+def hidden_with_triggers(backbone, rows: Sequence[Sequence[int]], triggers: Sequence[int]) -> tuple[torch.Tensor,
+                                                                                              torch.Tensor]:
+    """(trigger embeddings with requires_grad, last hidden states (rows, width, hidden)) of token `rows` whose -1
+    slots take the triggers in order (the k-th slot of a row takes trigger k), right-padded, one pass: what
+    AutoPrompt's gradient flows back through, for label scores and for target likelihoods alike."""
+    bb = backbone
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), bb.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(list(row))
+        mask[r, : len(row)] = 1
+    slot = ids < 0
+    trig = bb.embed(torch.tensor(list(triggers))).detach().requires_grad_(True)
+    embeds = bb.embed(ids.clamp(min=0)).detach()
+    order = (slot.cumsum(1) - 1).clamp(min=0)
+    embeds = torch.where(slot[..., None].to(bb.device), trig[order.to(bb.device)], embeds)
+    return trig, bb.decoder(inputs_embeds=embeds, attention_mask=mask.to(bb.device)).last_hidden_state

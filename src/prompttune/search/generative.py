@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..generative import GenerationSetup, target_ids
 from ..prompts.hard import HardPrompt, split_template
 from ..tasks import Example, Task
-from .engine import common_prefix
+from .engine import common_prefix, hidden_with_triggers
 from .state import SearchState
 
 
@@ -125,19 +125,7 @@ class LikelihoodScorer(GenerativeScorer):
         cue = bb.tokenizer(tail, add_special_tokens=False)["input_ids"]
         targets = [self.target_ids[i] for i in indices]
         seqs = bb.fit([h + [-1] * len(triggers) + cue for h in heads], max(map(len, targets)))  # ends kept
-        rows = [s + t[:-1] for s, t in zip(seqs, targets, strict=True)]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), bb.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
-        slot = ids < 0
-        trig = bb.embed(torch.tensor(list(triggers))).detach().requires_grad_(True)
-        embeds = bb.embed(ids.clamp(min=0)).detach()
-        order = (slot.cumsum(1) - 1).clamp(min=0)  # k-th slot of a row takes trigger k
-        embeds = torch.where(slot[..., None].to(bb.device), trig[order.to(bb.device)], embeds)
-        hidden = bb.decoder(inputs_embeds=embeds, attention_mask=mask.to(bb.device)).last_hidden_state
+        trig, hidden = hidden_with_triggers(bb, [s + t[:-1] for s, t in zip(seqs, targets, strict=True)], triggers)
         row = torch.tensor([r for r, t in enumerate(targets) for _ in t])
         col = torch.tensor([len(s) - 1 + k for s, t in zip(seqs, targets, strict=True) for k in range(len(t))])
         gold = torch.tensor([y for t in targets for y in t], device=bb.device)
