@@ -100,7 +100,10 @@ def test_different_prompts_in_one_forward_pass_score_as_each_alone(server, backb
     texts = {"soft": ["an utter delight", "tedious and overlong"], "hard": ["a fine film", "a mess"],
              "trec": ["Who wrote Hamlet?", "How far is the moon?"]}
     passes = engine.stats["forward_passes"]
-    futures = {n: engine.classify(n, t) for n, t in texts.items()}  # queued together: one batch
+    # queued while the queue's lock is held, so the worker takes all three as one batch however loaded the
+    # machine is (the 2 ms batch window alone could expire between them on a busy CPU)
+    with engine.queue._cond:
+        futures = {n: engine.classify(n, t) for n, t in texts.items()}
     for name, fut in futures.items():
         mine = torch.tensor([[s[lab] for lab in load(artifacts / name, model=backbone).labels]
                              for _, s in fut.result(timeout=60)])
