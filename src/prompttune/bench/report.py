@@ -327,7 +327,9 @@ def _legend(ax, colour, task_marker) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=c, marker="o", linestyle="none", label=r) for r, c in colour.items()]
-    handles += [Line2D([], [], color="grey", marker=m, linestyle="none", label=t) for t, m in task_marker.items()]
+    # tasks as hollow black shapes: a filled grey one reads as a method (grey is one of the method colours)
+    handles += [Line2D([], [], color="black", marker=m, markerfacecolor="none", linestyle="none", label=t)
+                for t, m in task_marker.items()]
     ax.legend(handles=handles, fontsize=7, loc="best")
 
 
