@@ -66,9 +66,7 @@ sysdeps:
 
 test: $(DEV) sysdeps
 	$(BIN)/ruff check src tests benchmarks
-	# worksteal, not loadfile: a file's tests can run on both workers, so the few files of long learning tests
-	# do not leave one core idle at the end (loadfile queued them last and nearly doubled the CI time)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(DEV)
 	$(BIN)/python benchmarks/prompt_tuning_vs_peft.py
